@@ -126,9 +126,11 @@ class Call:
 
 
 class HubError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None):
+    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None,
+                 body: dict | None = None):
         super().__init__(message)
         self.status, self.message, self.code, self.headers = status, message, code, headers or {}
+        self.body = body or {}
 
 
 _PLACEHOLDERS = {"repo": r"[^/]+/[^/]+", "rev": r"[^/]+", "path": r".+", "oid": r"[0-9a-f]{64}"}
@@ -266,7 +268,7 @@ class HubServer:
                     out_headers = {"X-Error-Message": err.message, **err.headers}
                     if err.code:
                         out_headers["X-Error-Code"] = err.code
-                    return err.status, out_headers, _json({"error": err.message}), template
+                    return err.status, out_headers, _json({"error": err.message, **err.body}), template
             return status, out_headers, out_body, template
         msg = f"Route not implemented by the test Hub server: {method} {split.path}"
         return 501, {"X-Error-Message": msg}, _json({"error": msg}), "<unhandled>"
@@ -342,7 +344,8 @@ class HubServer:
         repo_id = f"{namespace}/{name}"
         url = f"{req.base_url}/{repo_id}"
         if repo_id in self.repos:
-            raise HubError(409, "You already created this model repo", headers={"X-Repo-Url": url})
+            # The Hub answers an existing repo with 409 and its url (create_repo(exist_ok=True) reads it).
+            raise HubError(409, "You already created this model repo", body={"url": url})
         private = payload.get("visibility") == "private" or bool(payload.get("private"))
         repo = Repo(repo_id, namespace, private)
         # The Hub's first commit holds a default .gitattributes routing binary files through LFS.
