@@ -503,9 +503,13 @@ def push_checkpoint(
 
 
 def _failure_message(api: HfApi, repo_id: str, branch: str, step: str, head: str | None, exc: Exception) -> str:
-    cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if exc.__cause__ is not None and str(exc.__cause__).strip():  # e.g. "Error while uploading 'x'" <- HTTP 500
-        cause += f" ({str(exc.__cause__).strip().splitlines()[0]})"
+    def first_line(e: BaseException) -> str:
+        text = str(e).strip()
+        return text.splitlines()[0].rstrip(".") if text else type(e).__name__
+
+    cause = first_line(exc)
+    if exc.__cause__ is not None and str(exc.__cause__).strip():  # e.g. "Error while uploading 'x'" <- HTTP 507
+        cause += f" ({first_line(exc.__cause__)})"
     msg = f"Push to {repo_id}@{branch} failed while {step}: {cause}."
     if head is not None:
         try:
@@ -516,6 +520,9 @@ def _failure_message(api: HfApi, repo_id: str, branch: str, step: str, head: str
             msg += f" Nothing was committed: {branch} is still at {head[:12]}."
         elif now is not None:
             msg += f" {branch} moved from {head[:12]} to {now[:12]} meanwhile; check the repo."
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if status in (401, 403):
+        return msg + f" The token was refused: use a write token of an account that can write to {repo_id}."
     return msg + " Run the same push again to retry (files already uploaded are not sent twice)."
 
 

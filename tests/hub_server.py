@@ -297,7 +297,7 @@ class HubServer:
         if write and not self._can_write(req.user, repo.repo_id.split("/")[0]):
             raise HubError(
                 401 if req.user is None else 403,
-                f"You don't have the rights to write to {repo.repo_id}. Pass a write token.",
+                f"You don't have the rights to write to {repo.repo_id}",
             )
         return repo
 

@@ -39,7 +39,9 @@ def hub(hub_server, tmp_path, monkeypatch):
     hub_server.reset_calls()
     point_client_at(hub_server.endpoint, tmp_path / "hf-home", monkeypatch)
     monkeypatch.setenv("HF_TOKEN", ALICE)
-    return hub_server
+    yield hub_server
+    # Every request the clients made must be one the server implements (no silent 501 fallbacks).
+    assert [str(c) for c in hub_server.calls if c.route.startswith("<")] == []
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +200,7 @@ def test_private_repo_push_sends_the_token(hub, ternary_dir, monkeypatch):
     assert writes and all(c.authorized for c in writes)
     with pytest.raises((OSError, RepositoryNotFoundError)):
         AutoModel.from_pretrained(repo)  # anonymous: the repo is invisible
-    with pytest.raises(th.PushError, match="secret"):
+    with pytest.raises(th.PushError, match="token was refused"):
         th.push_checkpoint(ternary_dir, repo, token=BOB)  # bob cannot write to alice's repo
     assert ternary_hf.is_ternary_model(AutoModel.from_pretrained(repo, token=ALICE))
 
@@ -381,6 +383,25 @@ def test_sentence_transformer_ternary_card_on_a_branch(hub, st_model):
     reloaded = SentenceTransformer(repo, revision="v1", device="cpu")
     assert torch.equal(reloaded.encode(SENTENCES, convert_to_tensor=True),
                        st_model.encode(SENTENCES, convert_to_tensor=True))
+
+
+def test_readme_policy_replaces_foreign_cards_and_keeps_ternary_ones(hub, st_model, tmp_path):
+    from huggingface_hub import ModelCard
+
+    folder = tmp_path / "st"
+    st_model.save(str(folder))  # sentence-transformers writes its own README, which knows nothing of ternary
+    assert "ternary-hf" not in (ModelCard.load(folder / "README.md").data.tags or [])
+    th.push_checkpoint(folder, "alice/policy")
+    uploaded = hub.files("alice/policy")["README.md"].decode()
+    assert "ternary-hf" in ModelCard(uploaded).data.tags
+    assert uploaded == th.render_model_card(folder, repo_id="alice/policy")
+
+    edited = uploaded.replace("## Limitations", "## Notes from the author\n\nHand-written.\n\n## Limitations")
+    (folder / "README.md").write_text(edited)
+    th.push_checkpoint(folder, "alice/policy")  # auto: an edited ternary card is kept as is
+    assert hub.files("alice/policy")["README.md"].decode() == edited
+    th.push_checkpoint(folder, "alice/policy", readme="generate")
+    assert hub.files("alice/policy")["README.md"].decode() == uploaded
 
 
 # --------------------------------------------------------------------------- card without pushing, CLI
