@@ -13,7 +13,7 @@ from transformers.quantizers.quantizers_utils import should_convert_module
 from .config import TernaryConfig
 from .layer import TernaryLinear
 from .packing import packed_rows
-from .ternarize import scale_shape
+from .ternarize import check_group_size, scale_shape
 
 
 @dataclass(frozen=True)
@@ -36,10 +36,16 @@ def read_checkpoint_index(checkpoint_files: list[str] | None) -> dict[str, Tenso
         if path.endswith(".safetensors"):
             from safetensors import safe_open
 
-            with safe_open(path, framework="pt") as f:
-                for key in f.keys():
-                    sl = f.get_slice(key)
-                    index[key] = TensorInfo(sl.get_dtype(), tuple(sl.get_shape()), path)
+            try:
+                with safe_open(path, framework="pt") as f:
+                    for key in f.keys():
+                        sl = f.get_slice(key)
+                        index[key] = TensorInfo(sl.get_dtype(), tuple(sl.get_shape()), path)
+            except Exception as e:  # safetensors raises its own error types for bad headers
+                raise ValueError(
+                    f"Cannot read checkpoint file {path}: {e}. The file is corrupt or truncated; "
+                    "re-download or re-save the model."
+                ) from e
         else:  # legacy pickle checkpoint: mmap so only the headers are touched
             state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
             for key, t in state.items():
@@ -124,6 +130,8 @@ def replace_linear_modules(model: nn.Module, names: list[str], config: TernaryCo
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         linear = getattr(parent, child)
+        if config.granularity == "per_group":
+            check_group_size(linear.in_features, config.group_size, name)
         layer = TernaryLinear(
             linear.in_features,
             linear.out_features,
