@@ -19,8 +19,8 @@ Routes (model repos; ``{repo}`` is ``namespace/name``, ``{rev}`` a branch or a 4
     GET  /api/models/{repo}/tree/{rev}[/{path}]         ``?recursive=``
     POST /api/models/{repo}/paths-info/{rev}            form {paths, expand}
     POST /{repo}.git/info/lfs/objects/batch             git-lfs batch API (basic transfer)
-    PUT  /lfs-storage/{oid}                             the upload URL handed out by the batch API
-    POST /lfs-verify/{oid}                              the verify URL handed out by the batch API
+    PUT  /lfs-storage/{repo}/{oid}                      the upload URL handed out by the batch API
+    POST /lfs-verify/{repo}/{oid}                       the verify URL handed out by the batch API
     HEAD/GET /{repo}/resolve/{rev}/{path}               file download, with ``Range`` support
 
 Errors follow the Hub: a JSON body ``{"error": ...}``, ``X-Error-Message``, and for missing things a 404
@@ -108,6 +108,7 @@ class Repo:
     private: bool
     branches: dict[str, str] = field(default_factory=dict)
     commits: dict[str, Commit] = field(default_factory=dict)
+    lfs_oids: set[str] = field(default_factory=set)  # LFS objects uploaded to this repo (the Hub dedups per repo)
     created_at: str = field(default_factory=_now)
 
 
@@ -179,8 +180,8 @@ class HubServer:
             ("GET", "/api/models/{repo}/tree/{rev}/{path}", self._tree),
             ("POST", "/api/models/{repo}/paths-info/{rev}", self._paths_info),
             ("POST", "/{repo}.git/info/lfs/objects/batch", self._lfs_batch),
-            ("PUT", "/lfs-storage/{oid}", self._lfs_put),
-            ("POST", "/lfs-verify/{oid}", self._lfs_verify),
+            ("PUT", "/lfs-storage/{repo}/{oid}", self._lfs_put),
+            ("POST", "/lfs-verify/{repo}/{oid}", self._lfs_verify),
             ("HEAD", "/{repo}/resolve/{rev}/{path}", self._resolve),
             ("GET", "/{repo}/resolve/{rev}/{path}", self._resolve),
         ]
@@ -423,34 +424,40 @@ class HubServer:
         return 200, {}, _json({"files": files, "commitOid": commit.oid})
 
     def _lfs_batch(self, req):
-        self._get_repo(req, write=True)
+        repo = self._get_repo(req, write=True)
         payload = req.json()
         if payload.get("operation") != "upload":
             raise HubError(400, "Only the upload operation is supported.")
         objects = []
         for obj in payload["objects"]:
             oid, size = obj["oid"], obj["size"]
-            if oid in self.lfs and len(self.lfs[oid]) == size:
+            if oid in repo.lfs_oids and len(self.lfs[oid]) == size:
                 objects.append({"oid": oid, "size": size})  # already stored: no actions
             else:
                 objects.append({"oid": oid, "size": size, "authenticated": True, "actions": {
-                    "upload": {"href": f"{req.base_url}/lfs-storage/{oid}"},
-                    "verify": {"href": f"{req.base_url}/lfs-verify/{oid}"},
+                    "upload": {"href": f"{req.base_url}/lfs-storage/{repo.repo_id}/{oid}"},
+                    "verify": {"href": f"{req.base_url}/lfs-verify/{repo.repo_id}/{oid}"},
                 }})
         return 200, {"Content-Type": "application/vnd.git-lfs+json"}, _json({"transfer": "basic",
                                                                                "objects": objects})
 
     def _lfs_put(self, req):
+        # Like a pre-signed storage URL: no Authorization header, the URL itself names the repo.
+        repo = self.repos.get(req.params["repo"])
         oid = req.params["oid"]
+        if repo is None:
+            raise HubError(404, f"No upload expected for {req.params['repo']}.")
         if hashlib.sha256(req.body).hexdigest() != oid:
             raise HubError(400, f"Uploaded content does not match sha256 {oid}.")
         self.lfs[oid] = req.body
+        repo.lfs_oids.add(oid)
         return 200, {"ETag": f'"{hashlib.md5(req.body).hexdigest()}"'}, b""
 
     def _lfs_verify(self, req):
         payload = req.json()
         oid = req.params["oid"]
-        if oid not in self.lfs or len(self.lfs[oid]) != payload.get("size"):
+        repo = self.repos.get(req.params["repo"])
+        if repo is None or oid not in repo.lfs_oids or len(self.lfs[oid]) != payload.get("size"):
             raise HubError(404, f"LFS object {oid} was not uploaded.")
         return 200, {}, _json({"success": True})
 
@@ -479,8 +486,8 @@ class HubServer:
                 files[path] = FileEntry(path, len(data), git_blob_sha1(data), data=data)
             elif key == "lfsFile":
                 oid = value["oid"]
-                if oid not in self.lfs:
-                    raise HubError(422, f"LFS object {oid} for {path} was never uploaded.")
+                if oid not in repo.lfs_oids:
+                    raise HubError(422, f"LFS object {oid} for {path} was never uploaded to {repo.repo_id}.")
                 size = len(self.lfs[oid])
                 if value.get("size") not in (None, size):
                     raise HubError(422, f"Size mismatch for {path}: {value['size']} != {size}.")

@@ -116,7 +116,7 @@ def test_model_push_to_hub_then_from_pretrained_reproduces_outputs(hub, fp_dir, 
     # The packed weights went through LFS (batch + PUT), not inline in the commit.
     weights = hub.file_entry(repo, "model.safetensors")
     assert weights.lfs_oid == hashlib.sha256(stored["model.safetensors"]).hexdigest()
-    assert "PUT /lfs-storage/{oid}" in routes(hub.calls)
+    assert "PUT /lfs-storage/{repo}/{oid}" in routes(hub.calls)
     # The uploaded tensors are what save_pretrained writes locally (safetensors orders its metadata
     # differently on each save, so tensors are compared, not bytes; push_checkpoint's test compares bytes).
     model.save_pretrained(tmp_path / "local")
@@ -147,8 +147,8 @@ def test_push_checkpoint_uploads_exact_bytes_through_lfs(hub, ternary_dir):
         "POST /api/validate-yaml",
         "POST /api/models/{repo}/preupload/{rev}",
         "POST /{repo}.git/info/lfs/objects/batch",
-        "PUT /lfs-storage/{oid}",
-        "POST /lfs-verify/{oid}",
+        "PUT /lfs-storage/{repo}/{oid}",
+        "POST /lfs-verify/{repo}/{oid}",
         "POST /api/models/{repo}/commit/{rev}",
     ]
     assert all(c.authorized for c in hub.calls if not c.route.startswith("/lfs-storage"))
@@ -163,7 +163,7 @@ def test_push_checkpoint_uploads_exact_bytes_through_lfs(hub, ternary_dir):
     hub.reset_calls()
     again = th.push_checkpoint(ternary_dir, repo)
     assert again.oid == commit.oid == hub.head(repo)
-    assert "PUT /lfs-storage/{oid}" not in routes(hub.calls)
+    assert "PUT /lfs-storage/{repo}/{oid}" not in routes(hub.calls)
     assert "POST /api/models/{repo}/commit/{rev}" not in routes(hub.calls)
 
 
@@ -293,7 +293,7 @@ def test_commit_failure_leaves_repo_unchanged_and_retry_succeeds(hub, fp_dir, te
     hub.reset_calls()
     retry = th.push_checkpoint(update, repo)
     assert hub.head(repo) == retry.oid != first.oid
-    assert "PUT /lfs-storage/{oid}" not in routes(hub.calls)  # the LFS object survived the failed commit
+    assert "PUT /lfs-storage/{repo}/{oid}" not in routes(hub.calls)  # the LFS object survived the failed commit
     assert json.loads(hub.files(repo)["config.json"])["quantization_config"]["rule"] == "paper"
     assert hub.files(repo)["model.safetensors"] == (update / "model.safetensors").read_bytes()
 
@@ -315,7 +315,7 @@ def test_lfs_upload_failure_leaves_repo_unchanged_and_retry_succeeds(hub, fp_dir
     hub.fail("/lfs-storage/", status=503)  # a transient error is retried by huggingface_hub itself
     retry = th.push_to_hub(update, repo)
     assert hub.head(repo) == retry.oid
-    assert [c.status for c in hub.calls if c.route == "/lfs-storage/{oid}"] == [503, 200]
+    assert [c.status for c in hub.calls if c.route == "/lfs-storage/{repo}/{oid}"] == [503, 200]
     stored = hub.files(repo)["model.safetensors"]
     assert hub.file_entry(repo, "model.safetensors").lfs_oid == hashlib.sha256(stored).hexdigest()
 
