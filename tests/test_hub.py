@@ -20,6 +20,9 @@ from hub_server import HubServer, point_client_at  # noqa: E402
 import ternary_hf  # noqa: E402
 from ternary_hf import hub as th  # noqa: E402
 
+# huggingface_hub's own LFS PUT passes a file object as `data=`, which httpx deprecates.
+pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
+
 ALICE, BOB = "tok-alice", "tok-bob"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 SENTENCES = ["Ternary weights keep two bits.", "A quick brown fox.", "Search with embeddings"]
