@@ -86,7 +86,10 @@ class TernaryHfQuantizer(HfQuantizer):
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):
-        return model
+        from .hub import enable_push_to_hub
+
+        # `model.push_to_hub` then validates the packed checkpoint and writes the ternary model card.
+        return enable_push_to_hub(model)
 
     def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
         if self.pre_quantized or self.quantization_config.mode != "inference":
