@@ -128,27 +128,14 @@ def _weight_files(model_dir: Path) -> list[Path]:
 def _check_packed_tensors(files: list[Path], qconfig: dict) -> list[str]:
     """Open every safetensors file (which validates its header against the file size) and check that
     every ternary layer is stored as uint8 codes plus a scale of the shape the config implies."""
-    from safetensors import SafetensorError, safe_open
+    from .checkpoint import expected_packed_shapes, read_checkpoint_index
 
-    from .packing import packed_rows
-    from .ternarize import scale_shape
-
-    tensors: dict[str, tuple[str, list[int]]] = {}
-    shapes: dict[str, list[int]] = {}
-    for file in files:
-        try:
-            with safe_open(str(file), framework="pt") as f:
-                meta = f.metadata() or {}
-                if "ternary_hf" in meta:
-                    shapes.update(json.loads(meta["ternary_hf"]).get("shapes", {}))
-                for key in f.keys():
-                    sl = f.get_slice(key)
-                    tensors[key] = (sl.get_dtype(), list(sl.get_shape()))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(
-                f"{file} cannot be read as safetensors ({exc}); the file is truncated or corrupt. "
-                "Save the model again before pushing."
-            ) from exc
+    try:
+        index = read_checkpoint_index(files)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from exc
+    tensors = {key: (info.dtype, list(info.shape)) for key, info in index.tensors.items()}
+    shapes = index.layer_shapes
     layers = sorted(k[: -len(".weight_scale")] for k in tensors if k.endswith(".weight_scale"))
     if not layers:
         raise CheckpointError(
@@ -163,14 +150,15 @@ def _check_packed_tensors(files: list[Path], qconfig: dict) -> list[str]:
             raise CheckpointError(f"Ternary layer {layer}: '{layer}.weight' should be packed uint8 codes, got {got}.")
         if layer in shapes:
             out_f, in_f = shapes[layer]
-            expected = [packed_rows(out_f), in_f]
+            expected_shapes = expected_packed_shapes(out_f, in_f, qconfig.get("granularity", "per_channel"),
+                                                     qconfig.get("group_size", 128))
+            expected = list(expected_shapes["weight"])
             if weight[1] != expected:
                 raise CheckpointError(
                     f"Ternary layer {layer}: packed weight has shape {weight[1]}, expected {expected} for a "
                     f"[{out_f}, {in_f}] Linear; the checkpoint is corrupt."
                 )
-            want_scale = list(scale_shape(out_f, in_f, qconfig.get("granularity", "per_channel"),
-                                          qconfig.get("group_size", 128)))
+            want_scale = list(expected_shapes["weight_scale"])
             got_scale = tensors[f"{layer}.weight_scale"][1]
             if got_scale != want_scale:
                 raise CheckpointError(
