@@ -1,0 +1,28 @@
+"""ternary-hf: ternary-weight embedding models for the Hugging Face stack.
+
+`import ternary_hf` registers the `ternary` quantization method with transformers, so that
+`from_pretrained(..., quantization_config=TernaryConfig())` ternarizes a model on load and
+`from_pretrained(packed_dir)` reloads a saved ternary checkpoint.
+"""
+
+__version__ = "0.1.0"
+
+from .config import TernaryConfig  # noqa: E402
+from .layer import TernaryLinear  # noqa: E402
+from .integration import dequantize_modules, freeze_to_inference, is_ternary_model  # noqa: E402
+from .quantizer import TernaryHfQuantizer, register  # noqa: E402
+from .footprint import Footprint, footprint  # noqa: E402
+
+register()
+
+__all__ = [
+    "Footprint",
+    "TernaryConfig",
+    "TernaryHfQuantizer",
+    "TernaryLinear",
+    "dequantize_modules",
+    "footprint",
+    "freeze_to_inference",
+    "is_ternary_model",
+    "register",
+]
