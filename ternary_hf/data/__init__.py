@@ -26,14 +26,15 @@ class PairTask:
         texts1: first text of every pair.
         texts2: second text of every pair (same length as ``texts1``).
         scores: human score of every pair (any scale: only correlations are reported).
-        main_metric: ``"spearman"`` or ``"pearson"``; the metric a report leads with.
+        headline: the metrics (``"spearman"`` and/or ``"pearson"``) that count in a report's mean
+            retained quality; both are always computed.
     """
 
     name: str
     texts1: list[str]
     texts2: list[str]
     scores: list[float]
-    main_metric: str = "spearman"
+    headline: tuple[str, ...] = ("spearman",)
 
     def __post_init__(self) -> None:
         if not (len(self.texts1) == len(self.texts2) == len(self.scores)):
@@ -43,8 +44,10 @@ class PairTask:
             )
         if not self.texts1:
             raise ValueError(f"pair task {self.name!r} has no pairs")
-        if self.main_metric not in ("spearman", "pearson"):
-            raise ValueError(f"pair task {self.name!r}: main_metric must be 'spearman' or 'pearson'")
+        if not self.headline or not set(self.headline) <= {"spearman", "pearson"}:
+            raise ValueError(
+                f"pair task {self.name!r}: headline must name 'spearman' and/or 'pearson', got {self.headline!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -58,9 +61,11 @@ class RetrievalTask:
         name: task name used in reports.
         queries: query id -> query text.
         corpus: document id -> document text.
-        relevant_docs: query id -> set of relevant document ids (binary relevance).
+        relevant_docs: query id -> set of relevant document ids (binary relevance). Queries
+            without an entry are left out of the binary metrics.
         graded: optional query id -> {document id: gain} for graded nDCG; when given, the suite
-            reports graded nDCG@10 besides the binary metrics.
+            reports graded nDCG@10 (exponential gain ``2**g - 1``) besides the binary metrics. A
+            document whose id equals the query id is excluded from that query's ranking.
     """
 
     name: str
@@ -74,13 +79,20 @@ class RetrievalTask:
             raise ValueError(f"retrieval task {self.name!r} has no queries")
         if not self.corpus:
             raise ValueError(f"retrieval task {self.name!r} has an empty corpus")
-        missing = [q for q in self.queries if not self.relevant_docs.get(q)]
+        graded = self.graded or {}
+        missing = [
+            q
+            for q in self.queries
+            if not self.relevant_docs.get(q) and not any(g > 0 for g in graded.get(q, {}).values())
+        ]
         if missing:
             raise ValueError(
                 f"retrieval task {self.name!r}: {len(missing)} queries have no relevant document "
                 f"(e.g. {missing[0]!r}); drop them or add qrels"
             )
-        unknown = {d for docs in self.relevant_docs.values() for d in docs} - self.corpus.keys()
+        judged = {d for docs in self.relevant_docs.values() for d in docs}
+        judged.update(d for gains in graded.values() for d in gains)
+        unknown = judged - self.corpus.keys()
         if unknown:
             raise ValueError(
                 f"retrieval task {self.name!r}: qrels name {len(unknown)} document ids that are not "
