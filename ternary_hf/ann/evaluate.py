@@ -40,7 +40,7 @@ class AnnRow:
 
 def qrels_metrics(task: RetrievalTask, query_ids: list[str], hits: list[list[str]], scores: list[list[float]]) -> dict[str, float]:
     """nDCG@10, MRR@10, recall@1 of ranked hit lists against the task's binary qrels."""
-    from sentence_transformers.evaluation import InformationRetrievalEvaluator
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
     evaluator = InformationRetrievalEvaluator(
         task.queries, task.corpus, task.relevant_docs, mrr_at_k=[10], ndcg_at_k=[10],

@@ -99,7 +99,8 @@ class Comparison:
 
     @property
     def mean_retained(self) -> float:
-        values = [r["retained"] for r in self.rows]
+        """Mean retained % over the headline metrics (metrics whose baseline is 0 are left out)."""
+        values = [r["retained"] for r in self.rows if r["retained"] == r["retained"]]
         return sum(values) / len(values) if values else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
@@ -185,7 +186,7 @@ def compare(
     tasks: Sequence[Task] | None = None,
     *,
     fidelity: bool | FidelitySets = True,
-    speed: bool = False,
+    speed: bool | Sequence[str] = False,
     batch_size: int = 64,
     show_progress_bar: bool = False,
     quantize_model: bool = False,
@@ -198,7 +199,8 @@ def compare(
         baseline: its full-precision reference, also the reference for teacher fidelity.
         tasks: tasks to run (default: :func:`default_tasks`).
         fidelity: ``True`` for :func:`default_fidelity_sets`, a :class:`FidelitySets`, or ``False``.
-        speed: also measure encoding throughput (alternated runs, medians).
+        speed: also measure encoding throughput (alternated runs, medians) on
+            :func:`speed_texts`, or on the given texts.
         quantize_model: ternarize ``model`` on load (post-training quantization) - e.g.
             ``compare(path, baseline=path, quantize_model=True)``.
     """
@@ -213,5 +215,6 @@ def compare(
         sets = fidelity if isinstance(fidelity, FidelitySets) else default_fidelity_sets()
         model_report.fidelity = teacher_fidelity(model_report.cache, base_report.cache, sets)
     if speed:
-        base_report.speed, model_report.speed = measure_speed([loaded_base, loaded], speed_texts())
+        texts = list(speed) if not isinstance(speed, bool) else speed_texts()
+        base_report.speed, model_report.speed = measure_speed([loaded_base, loaded], texts)
     return Comparison.build(model_report, base_report)

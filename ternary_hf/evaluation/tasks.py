@@ -80,7 +80,7 @@ def _check_model(cache: EmbeddingCache, model: Any) -> None:
 
 
 def _similarity_evaluator(task: PairTask, cache: EmbeddingCache):
-    from sentence_transformers.evaluation import EmbeddingSimilarityEvaluator, SimilarityFunction
+    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator, SimilarityFunction
 
     class _Cached(EmbeddingSimilarityEvaluator):
         def embed_inputs(self, model, sentences, **kwargs):
@@ -99,7 +99,7 @@ def _similarity_evaluator(task: PairTask, cache: EmbeddingCache):
 
 
 def _retrieval_evaluator(task: RetrievalTask, cache: EmbeddingCache):
-    from sentence_transformers.evaluation import InformationRetrievalEvaluator, SimilarityFunction
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator, SimilarityFunction
     from sentence_transformers.util import cos_sim
 
     class _Cached(InformationRetrievalEvaluator):
