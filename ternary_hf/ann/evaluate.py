@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ternary_hf.ann.index import INDEX_TYPES, AnnIndex, IndexParams
+from ternary_hf.ann.index import INDEX_TYPES, AnnIndex, IndexParams, faiss_threads
 from ternary_hf.data import RetrievalTask
 
 
@@ -82,12 +82,18 @@ def evaluate_embeddings(
     index_types: Sequence[str] = INDEX_TYPES,
     k: int = 10,
     params: IndexParams | None = None,
+    threads: int | None = None,
 ) -> list[AnnRow]:
-    """Measure every index type on precomputed embeddings."""
+    """Measure every index type on precomputed embeddings (``threads``: FAISS OpenMP threads)."""
     if len(corpus_emb) == 0:
         raise ValueError("the corpus is empty")
     if len(query_emb) == 0:
         raise ValueError("no queries")
+    with faiss_threads(threads):
+        return _evaluate_embeddings(label, corpus_ids, corpus_emb, query_ids, query_emb, task, index_types, k, params)
+
+
+def _evaluate_embeddings(label, corpus_ids, corpus_emb, query_ids, query_emb, task, index_types, k, params):
     exact_index = AnnIndex.from_embeddings(corpus_emb, corpus_ids, "flat")
     exact, _ = exact_index.search_embeddings(query_emb, k)
     rows = []
@@ -123,6 +129,7 @@ def evaluate_ann(
     params: IndexParams | None = None,
     batch_size: int = 64,
     show_progress_bar: bool = True,
+    threads: int | None = None,
 ) -> list[AnnRow]:
     """Encode ``task`` with each model (``LoadedModel``s or anything ``load_model`` accepts) and
     measure every index type. Rows: model x index type."""
@@ -146,7 +153,7 @@ def evaluate_ann(
                 convert_to_numpy=True, normalize_embeddings=True,
             )
         rows += evaluate_embeddings(
-            loaded.label, corpus_ids, corpus_emb, query_ids, query_emb, task, index_types, k, params
+            loaded.label, corpus_ids, corpus_emb, query_ids, query_emb, task, index_types, k, params, threads
         )
     return rows
 

@@ -28,6 +28,7 @@ corrupt file raises :class:`IndexFileError` naming the file and what is wrong.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -98,6 +99,26 @@ class IndexParams:
     def from_dict(cls, data: dict) -> "IndexParams":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@contextlib.contextmanager
+def faiss_threads(n: int | None):
+    """Run FAISS with ``n`` OpenMP threads inside the block (``None``: leave FAISS' default).
+
+    On a busy shared CPU, multi-threaded FAISS can be ~100x slower than one thread (OpenMP
+    threads spin waiting for cores that other processes hold); benchmarks there use ``n=1``.
+    """
+    if n is None:
+        yield
+        return
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def default_nlist(n: int) -> int:
@@ -259,6 +280,11 @@ class AnnIndex:
             # sentence-transformers recipe (never on the queries)
             self._ranges = np.vstack([x.min(axis=0), x.max(axis=0)]).astype(np.float32)
         else:
+            if self.index_type == "ivf-pq" and len(x) < 2**self.params.pq_bits:
+                raise ValueError(
+                    f"ivf-pq with pq_bits={self.params.pq_bits} needs >= {2**self.params.pq_bits} corpus vectors to "
+                    f"train its codebooks, got {len(x)}; use flat or hnsw for a corpus this small, or lower pq_bits"
+                )
             rng = np.random.default_rng(self.params.seed)
             sample = x if len(x) <= self._train_size(n_hint) else x[rng.choice(len(x), self._train_size(n_hint), replace=False)]
             self._index.train(sample)

@@ -91,6 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("-k", type=int, default=10)
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--device", default="cpu")
+    e.add_argument("--threads", type=int, default=None, help="FAISS threads (default: all; 1 on a busy shared CPU)")
     e.add_argument("--out", help="directory for ann_results.json and ann_results.md")
     _add_params(e)
     e.set_defaults(func=run_eval)
@@ -187,7 +188,9 @@ def run_eval(args: argparse.Namespace) -> int:
         if models and model.label == models[0].label:
             model.label += " (model)"
         models.append(model)
-        rows = evaluate_ann(models, task, index_types, k=args.k, params=_params(args), batch_size=args.batch_size)
+        rows = evaluate_ann(
+            models, task, index_types, k=args.k, params=_params(args), batch_size=args.batch_size, threads=args.threads
+        )
     except (FileNotFoundError, ValueError, TypeError) as exc:
         print(f"ternary-hf ann eval: error: {exc}", file=sys.stderr)
         return 2
