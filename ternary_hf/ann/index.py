@@ -431,14 +431,15 @@ class AnnIndex:
         return self.search_embeddings(emb, k)
 
     # ------------------------------------------------------------------ persistence
-    def _sections(self) -> list[tuple[str, bytes]]:
+    def _sections(self) -> list[tuple[str, bytes | np.ndarray]]:
         import faiss
 
+        # the serialized FAISS index stays a uint8 array (no second copy of a multi-GB index)
         if self.index_type == "binary":
             raw = faiss.serialize_index_binary(self._index)
         else:
             raw = faiss.serialize_index(self._index)
-        sections = [("faiss", raw.tobytes()), ("ids", json.dumps(self.ids).encode("utf-8"))]
+        sections = [("faiss", raw), ("ids", json.dumps(self.ids).encode("utf-8"))]
         rescore = self._rescore_matrix()
         if rescore is not None:
             buf = io.BytesIO()
