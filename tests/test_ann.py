@@ -18,6 +18,7 @@ from ternary_hf.ann import (
     IndexParams,
     build_index,
     encode_chunks,
+    encode_to_memmap,
     evaluate_ann,
     evaluate_embeddings,
     read_corpus,
@@ -280,6 +281,14 @@ def test_build_index_streams_chunks_and_memmap(tiny, tmp_path):
         build_index(tiny.model, texts, "kd-tree", show_progress_bar=False)
     chunks = list(encode_chunks(tiny.model, read_corpus(texts[:10]), chunk_size=4, show_progress_bar=False))
     assert [len(i) for i, _ in chunks] == [4, 4, 2]
+    ids, mm = encode_to_memmap(tiny.model, texts[:10], tmp_path / "e2.npy", total=10, chunk_size=4,
+                               show_progress_bar=False)
+    assert ids == [str(i) for i in range(10)] and mm.shape == (10, 32)
+    assert np.allclose(np.load(tmp_path / "e2.npy")[:3], direct, atol=1e-5)
+    with pytest.raises(ValueError, match="not total=11"):
+        encode_to_memmap(tiny.model, texts[:10], tmp_path / "e3.npy", total=11, show_progress_bar=False)
+    with pytest.raises(ValueError, match="more than total=5"):
+        encode_to_memmap(tiny.model, texts[:10], tmp_path / "e4.npy", total=5, show_progress_bar=False)
 
 
 def test_evaluate_ann_matches_exact_evaluator(tiny):

@@ -118,13 +118,14 @@ def encode_chunks(
 
 
 def encode_to_memmap(
-    model: Any, texts: list[str] | Iterable[tuple[str, str]], path: str | os.PathLike, *, total: int, **kwargs: Any
+    model: Any, texts: Any, path: str | os.PathLike, *, total: int, **kwargs: Any
 ) -> tuple[list[str], np.memmap]:
     """Encode into an ``.npy`` file on disk (``np.lib.format.open_memmap``), chunk by chunk.
 
-    ``total`` is the number of texts (the file is pre-sized). Returns ``(ids, memmap)``.
+    ``texts``: anything :func:`read_corpus` accepts; ``total``: the number of texts (the file is
+    pre-sized); ``kwargs`` go to :func:`encode_chunks`. Returns ``(ids, memmap)``.
     """
-    pairs = read_corpus(texts) if not isinstance(texts, Iterator) else texts
+    pairs = read_corpus(texts)
     out = None
     ids: list[str] = []
     row = 0

@@ -208,7 +208,8 @@ class AnnIndex:
         **kwargs,
     ) -> "AnnIndex":
         """Build from an in-memory (or memory-mapped) embedding matrix, in chunks."""
-        embeddings = np.asarray(embeddings) if not isinstance(embeddings, np.memmap) else embeddings
+        if not isinstance(embeddings, np.ndarray):  # np.memmap is an ndarray: it is read chunk by chunk
+            embeddings = np.asarray(embeddings)
         if embeddings.ndim != 2 or embeddings.shape[0] == 0:
             raise ValueError(f"corpus embeddings are empty or not 2-D (shape {embeddings.shape})")
         ids = [str(i) for i in range(len(embeddings))] if ids is None else list(ids)

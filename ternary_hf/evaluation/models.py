@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 ModelLike = Any  # str | os.PathLike | SentenceTransformer | transformers.PreTrainedModel
@@ -106,8 +105,7 @@ def load_model(
         import ternary_hf
 
         kwargs["model_kwargs"] = {"quantization_config": ternary_hf.TernaryConfig()}
-    else:
-        _import_plugin_if_ternary(source)
+
     if not Path(source).exists() and (source.startswith(("/", ".", "~")) or source.count("/") > 1):
         raise FileNotFoundError(f"model path {source} does not exist (and it is not a Hub id)")
     st = SentenceTransformer(source, device=device, **kwargs)
@@ -117,13 +115,6 @@ def load_model(
     if Path(source).name == "model" and Path(source).exists():  # e.g. the bundled package layout
         default_label = Path(source).parent.name
     return LoadedModel(st, label or default_label + ("+ternary-ptq" if quantize else ""), source)
-
-
-def _import_plugin_if_ternary(source: str) -> None:
-    """Saved ternary checkpoints need ``import ternary_hf`` before loading; do it for the user."""
-    config = Path(source) / "config.json"
-    if config.is_file() and '"ternary"' in config.read_text(encoding="utf-8", errors="replace"):
-        import ternary_hf  # noqa: F401  (registers the quantization method)
 
 
 def _source_of(st: Any) -> str | None:
@@ -157,11 +148,3 @@ def model_size_bytes(loaded: LoadedModel) -> dict[str, float]:
 
     fp = footprint(transformer_of(loaded.model))
     return {"bytes": float(fp.total), "fp32_bytes": float(fp.fp32_bytes), "ratio": float(fp.ratio)}
-
-
-def embedding_dimension(st: Any) -> int:
-    dim = st.get_embedding_dimension()
-    if dim is None:
-        with torch.inference_mode():
-            dim = int(st.encode(["dimension probe"]).shape[1])
-    return int(dim)
