@@ -12,17 +12,24 @@ from .layer import TernaryLinear  # noqa: E402
 from .integration import dequantize_modules, freeze_to_inference, is_ternary_model  # noqa: E402
 from .quantizer import TernaryHfQuantizer, register  # noqa: E402
 from .footprint import Footprint, footprint  # noqa: E402
+from .hub import CardInfo, build_model_card, enable_push_to_hub, push_checkpoint, push_to_hub, render_model_card  # noqa: E402
 
 register()
 
 __all__ = [
+    "CardInfo",
     "Footprint",
     "TernaryConfig",
     "TernaryHfQuantizer",
     "TernaryLinear",
+    "build_model_card",
     "dequantize_modules",
+    "enable_push_to_hub",
     "footprint",
     "freeze_to_inference",
     "is_ternary_model",
+    "push_checkpoint",
+    "push_to_hub",
     "register",
+    "render_model_card",
 ]

@@ -6,9 +6,9 @@ import argparse
 import os
 import sys
 
-from .commands import quantize
+from .commands import push, quantize
 
-SUBCOMMANDS = [quantize]
+SUBCOMMANDS = [quantize, push]
 
 
 def build_parser() -> argparse.ArgumentParser:

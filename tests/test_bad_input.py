@@ -56,7 +56,7 @@ def test_invalid_value_in_saved_quantization_config(packed_dir):
 def test_truncated_checkpoint_names_the_file(packed_dir):
     f = packed_dir / "model.safetensors"
     f.write_bytes(f.read_bytes()[:100])
-    with pytest.raises(ValueError, match=r"Cannot read checkpoint file .*model.safetensors.*corrupt or truncated"):
+    with pytest.raises(ValueError, match=r"Cannot read checkpoint file .*model.safetensors.*truncated or corrupt"):
         AutoModel.from_pretrained(packed_dir)
 
 

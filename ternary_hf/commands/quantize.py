@@ -31,8 +31,9 @@ def run(args: argparse.Namespace) -> int:
     from sentence_transformers import SentenceTransformer
 
     from ..config import TernaryConfig
-    from ..defaults import default_model_path, sample_sentences
+    from ..defaults import DEFAULT_MODEL_ID, default_model_path, sample_sentences
     from ..footprint import footprint
+    from ..hub import CardInfo, build_model_card
     from ..quality import embedding_fidelity
 
     model_id = args.model or default_model_path()
@@ -65,6 +66,12 @@ def run(args: argparse.Namespace) -> int:
         "fidelity": fidelity.as_dict(),
         "load_and_quantize_seconds": load_s,
     }
+    # sentence-transformers copies the fp32 model's README; replace it with the ternary model card.
+    base_model = args.model or DEFAULT_MODEL_ID
+    card = build_model_card(args.output_dir, card=CardInfo(base_model=base_model, description=(
+        f"Post-training ternarization of `{base_model}` "
+        f"(mean cosine {fidelity.mean_cosine:.3f} to fp32 on {fidelity.n_texts} real sentences).")))
+    card.save(os.path.join(args.output_dir, "README.md"))
     path = os.path.join(args.output_dir, "ternary_report.json")
     with open(path + ".tmp", "w") as f:
         json.dump(report, f, indent=2)
