@@ -82,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.set_defaults(func=run_search)
 
     e = sub.add_parser("eval", help="recall vs exact, nDCG@10 vs qrels, QPS, build time, bytes per index type")
-    e.add_argument("model", help="model directory or Hub id")
+    e.add_argument("model", nargs="?", default=None, help="model directory or Hub id (default: bundled all-MiniLM-L6-v2)")
     e.add_argument("--baseline", help="fp32 reference model, evaluated first")
     e.add_argument("--quantize", action="store_true", help="ternarize MODEL on load (PTQ)")
     e.add_argument("--index", default=",".join(INDEX_TYPES), help="comma-separated index types")
@@ -172,6 +172,10 @@ def run_eval(args: argparse.Namespace) -> int:
     from ternary_hf.evaluation.report import atomic_write_bytes
 
     try:
+        if args.model is None:
+            from ternary_hf.defaults import default_model_path
+
+            args.model = default_model_path()
         if args.retrieval:
             from ternary_hf.evaluation.user_tasks import load_retrieval_task
 
@@ -191,7 +195,7 @@ def run_eval(args: argparse.Namespace) -> int:
         rows = evaluate_ann(
             models, task, index_types, k=args.k, params=_params(args), batch_size=args.batch_size, threads=args.threads
         )
-    except (FileNotFoundError, ValueError, TypeError) as exc:
+    except (FileNotFoundError, ImportError, ValueError, TypeError) as exc:
         print(f"ternary-hf ann eval: error: {exc}", file=sys.stderr)
         return 2
     table = rows_markdown(rows)

