@@ -252,6 +252,16 @@ def test_user_tasks_from_files(tmp_path, tiny_st_dir):
     assert set(report.results[2].metrics) >= {"ndcg@10", "graded_ndcg@10", "mrr@10", "recall@1"}
     rows = [{"sentence1": "a", "sentence2": "b", "score": 1.0}, {"sentence1": "c", "sentence2": "d", "score": 0.0}]
     assert load_pair_task(rows, name="inline").texts2 == ["b", "d"]
+    import datasets
+
+    ds = datasets.Dataset.from_list([{"text": f"t{i}", "label": i % 2} for i in range(10)])
+    assert load_classification_task(ds, name="hf").texts[:2] == ["t0", "t1"]
+    dd = datasets.DatasetDict({"train": ds, "test": ds.select(range(4))})
+    assert len(load_classification_task(dd, split="test", folds=2).texts) == 4
+    with pytest.raises(ValueError, match=r"splits \['train', 'test'\]"):
+        load_classification_task(dd)
+    with pytest.raises(TypeError, match="cannot read rows from int"):
+        load_pair_task(5)
 
 
 def test_user_task_bad_input(tmp_path):

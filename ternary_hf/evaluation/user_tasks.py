@@ -36,7 +36,7 @@ QREL_SCORE = ("score", "relevance", "label", "rel")
 
 def read_rows(source: Any, split: str | None = None) -> list[dict[str, Any]]:
     """Rows of a csv/tsv/jsonl/json file, a ``datasets`` object, a list of dicts or ``hf:name[:split]``."""
-    if isinstance(source, list):
+    if isinstance(source, (list, tuple)):
         return [dict(r) for r in source]
     if isinstance(source, str) and source.startswith("hf:"):
         import datasets
@@ -44,17 +44,20 @@ def read_rows(source: Any, split: str | None = None) -> list[dict[str, Any]]:
         name, _, hf_split = source[3:].partition(":")
         return [dict(r) for r in datasets.load_dataset(name, split=hf_split or split or "train")]
     if not isinstance(source, (str, Path)):
-        try:  # datasets.Dataset / DatasetDict without importing datasets eagerly
-            if hasattr(source, "keys") and hasattr(source, "values") and not hasattr(source, "column_names"):
-                raise TypeError
-            if split is not None and not hasattr(source, "column_names"):
-                source = source[split]
+        import datasets
+
+        if isinstance(source, datasets.DatasetDict):
+            if split is None and len(source) == 1:
+                split = next(iter(source))
+            if split not in source:
+                raise ValueError(f"DatasetDict has splits {list(source)}; pass split= (got {split!r})")
+            source = source[split]
+        if isinstance(source, datasets.Dataset):
             return [dict(r) for r in source]
-        except (TypeError, KeyError) as exc:
-            raise TypeError(
-                f"cannot read rows from {type(source).__name__}; pass a path, a datasets.Dataset "
-                "(or a DatasetDict with split=...), a list of dicts or 'hf:name[:split]'"
-            ) from exc
+        raise TypeError(
+            f"cannot read rows from {type(source).__name__}; pass a path, a datasets.Dataset "
+            "(or a DatasetDict with split=...), a list of dicts or 'hf:name[:split]'"
+        )
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"task file {path} not found")
