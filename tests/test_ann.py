@@ -22,6 +22,7 @@ from ternary_hf.ann import (
     evaluate_ann,
     evaluate_embeddings,
     read_corpus,
+    search_sharded,
 )
 from ternary_hf.data import RetrievalTask
 
@@ -106,6 +107,19 @@ def test_cosine_scores_and_exact_ids(data):
     assert hits[0][0] == "doc7"
     few = AnnIndex.from_embeddings(corpus[:3], ids[:3], "flat")
     assert len(few.search_embeddings(corpus[:1], 10)[0][0]) == 3  # k larger than the corpus
+
+
+def test_sharded_search_equals_one_index(data):
+    corpus, queries, ids = data
+    whole = AnnIndex.from_embeddings(corpus, ids, "flat")
+    shards = [AnnIndex.from_embeddings(corpus[i::3], ids[i::3], "flat") for i in range(3)]
+    hits, scores = search_sharded(shards, queries, 10)
+    want_hits, want_scores = whole.search_embeddings(queries, 10)
+    assert hits == want_hits and np.allclose(scores, want_scores, atol=1e-6)
+    with pytest.raises(ValueError, match="shards disagree"):
+        search_sharded([shards[0], AnnIndex.from_embeddings(corpus[:10, :64], ids[:10], "flat")], queries, 5)
+    with pytest.raises(ValueError, match="no shards"):
+        search_sharded([], queries, 5)
 
 
 def test_binary_without_rescoring_and_params(data):

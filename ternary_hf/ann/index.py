@@ -557,3 +557,28 @@ def build_index_from_chunks(
     for ids, emb in chunks:
         index.add(emb, ids)
     return index.finalize()
+
+
+def search_sharded(shards: Sequence[AnnIndex], queries: np.ndarray, k: int = 10) -> tuple[list[list[str]], list[list[float]]]:
+    """Search several indexes over disjoint parts of one corpus and merge the top-``k`` by score.
+
+    The way past one machine's RAM: build one index per corpus shard (each in its own process or
+    machine, e.g. ``ternary-hf ann build`` over a slice of the corpus), search every shard with the
+    same query embeddings, keep the best ``k`` overall. Shards must share dimension and metric.
+    """
+    if not shards:
+        raise ValueError("no shards to search")
+    first = shards[0]
+    for shard in shards[1:]:
+        if (shard.dim, shard.metric) != (first.dim, first.metric):
+            raise ValueError(
+                f"shards disagree: dim/metric {shard.dim}/{shard.metric} vs {first.dim}/{first.metric}"
+            )
+    per_shard = [shard.search_embeddings(queries, k) for shard in shards]
+    out_ids, out_scores = [], []
+    for q in range(len(per_shard[0][0])):
+        merged = [(s, i) for ids, scores in per_shard for i, s in zip(ids[q], scores[q])]
+        merged.sort(key=lambda t: -t[0])
+        out_ids.append([i for _, i in merged[:k]])
+        out_scores.append([s for s, _ in merged[:k]])
+    return out_ids, out_scores
