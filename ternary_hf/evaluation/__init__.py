@@ -1,0 +1,60 @@
+"""Evaluation suite: what ternarization costs in quality, on real offline data.
+
+- :func:`evaluate` one model, or :func:`compare` a model with its fp baseline, on
+  :func:`default_tasks` (Lee50 pairs + graded retrieval, WordSim353, SimLex999, polarity, WordNet
+  held-out retrieval) or your own tasks (:func:`load_pair_task`, :func:`load_retrieval_task`,
+  :func:`load_classification_task`).
+- Metrics come from sentence-transformers' evaluators and scikit-learn (see
+  :mod:`ternary_hf.evaluation.tasks`); teacher fidelity from :mod:`ternary_hf.evaluation.fidelity`.
+- Reports: :meth:`Comparison.to_markdown`, :meth:`Comparison.save` (JSON, Markdown, PNG plot).
+
+CLI: ``ternary-hf eval MODEL [--baseline FP_MODEL] [--quantize] [--out DIR]``.
+"""
+
+from ternary_hf.evaluation.fidelity import FidelitySets, default_fidelity_sets, teacher_fidelity
+from ternary_hf.evaluation.models import LoadedModel, load_model, model_size_bytes
+from ternary_hf.evaluation.report import (
+    comparison_markdown,
+    plot_quality_vs_size,
+    report_markdown,
+    save_comparison,
+    save_report,
+)
+from ternary_hf.evaluation.suite import (
+    DEFAULT_TASKS,
+    Comparison,
+    ModelReport,
+    compare,
+    default_tasks,
+    evaluate,
+    measure_speed,
+)
+from ternary_hf.evaluation.tasks import EmbeddingCache, TaskResult, run_task
+from ternary_hf.evaluation.user_tasks import load_classification_task, load_pair_task, load_retrieval_task
+
+__all__ = [
+    "DEFAULT_TASKS",
+    "Comparison",
+    "EmbeddingCache",
+    "FidelitySets",
+    "LoadedModel",
+    "ModelReport",
+    "TaskResult",
+    "compare",
+    "comparison_markdown",
+    "default_fidelity_sets",
+    "default_tasks",
+    "evaluate",
+    "load_classification_task",
+    "load_model",
+    "load_pair_task",
+    "load_retrieval_task",
+    "measure_speed",
+    "model_size_bytes",
+    "plot_quality_vs_size",
+    "report_markdown",
+    "run_task",
+    "save_comparison",
+    "save_report",
+    "teacher_fidelity",
+]
