@@ -20,7 +20,7 @@ from sentence_transformers import SentenceTransformer  # noqa: E402
 
 import ternary_hf  # noqa: E402
 from ternary_hf.defaults import default_model_path, sample_sentences  # noqa: E402
-from ternary_hf.quality import embedding_fidelity  # noqa: E402
+from ternary_hf.evaluation.fidelity import embedding_fidelity  # noqa: E402
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from ..defaults import DEFAULT_MODEL_ID, default_model_path, sample_sentences
     from ..footprint import footprint
     from ..hub import CardInfo, build_model_card
-    from ..quality import embedding_fidelity
+    from ..evaluation.fidelity import embedding_fidelity
 
     model_id = args.model or default_model_path()
     config = TernaryConfig(granularity=args.granularity, rule=args.rule, group_size=args.group_size,
