@@ -121,6 +121,8 @@ def replace_linear_modules(model: nn.Module, names: list[str], config: TernaryCo
             group_size=config.group_size,
             rule=config.rule,
             mode=config.mode,
+            activation_quant=config.activation_quant,
+            backend=config.backend,
             dtype=dtype or linear.weight.dtype,
             device=linear.weight.device,
         )
