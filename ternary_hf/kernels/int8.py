@@ -65,7 +65,9 @@ def float_product(q: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
 
 
 def int8_linear(state: Int8State, x: torch.Tensor, product: IntProduct = int_mm_product) -> torch.Tensor:
-    """`y = actquant_int8(x) @ (codes * scale)^T + bias`; float32 output of shape `[..., out]`."""
+    """`y = actquant_int8(x) @ (codes * scale)^T + bias`; float32 output of shape `[..., out]`.
+    The rescale is `((product * weight_scale) * act_scale) + bias`, each step rounded on its own: the
+    fused CPU kernel (`native.py`) performs the same steps."""
     lead = x.shape[:-1]
     q, act_scale = quantize_per_token(x.reshape(-1, x.shape[-1]))
     if len(state.scales) == 1:
@@ -76,8 +78,7 @@ def int8_linear(state: Int8State, x: torch.Tensor, product: IntProduct = int_mm_
         for g, scale in enumerate(state.scales):
             part = product(q[:, g * gs:(g + 1) * gs], state.codes[g * gs:(g + 1) * gs]).mul_(scale)
             y = part if y is None else y.add_(part)
+    y.mul_(act_scale)
     if state.bias is not None:
-        y = torch.addcmul(state.bias, y, act_scale, out=y)
-    else:
-        y.mul_(act_scale)
+        y.add_(state.bias)
     return y.reshape(*lead, y.shape[-1])
