@@ -16,6 +16,7 @@ MODES = ("inference", "qat")
 BACKENDS = ("auto", "reference", "dense", "cpu_int8", "cuda")
 # How activations entering a TernaryLinear are quantized (the math: `ternary_hf/kernels/actquant.py`).
 ACTIVATION_QUANTS = ("per_token_int8", "none")
+MAX_ACTIVATION_OUTLIERS = 8
 
 # Written into every saved config so that someone who opens config.json without the plugin
 # installed learns what to do (transformers itself only says "Unknown quantization type").
@@ -81,6 +82,12 @@ class TernaryConfig(QuantizationConfigMixin):
                   "`per_token_int8` (symmetric, one absmax/127 scale per token; what makes the CPU int8 kernel "
                   "possible) or `none` (float activations)."},
     )
+    activation_outliers: int = field(
+        default=1,
+        metadata={"help": "With per_token_int8: how many largest-magnitude entries of each token stay in float "
+                  f"(0-{MAX_ACTIVATION_OUTLIERS}), multiplied by their weight columns in float, so that one "
+                  "outlier channel does not set the int8 scale of the whole token."},
+    )
     quant_method: str = field(default=QUANT_METHOD, metadata={"help": "Always 'ternary' (the registered name)."})
 
     def __post_init__(self) -> None:
@@ -95,6 +102,12 @@ class TernaryConfig(QuantizationConfigMixin):
         _choice("mode", self.mode, MODES)
         _choice("backend", self.backend, BACKENDS)
         _choice("activation_quant", self.activation_quant, ACTIVATION_QUANTS)
+        if (isinstance(self.activation_outliers, bool) or not isinstance(self.activation_outliers, int)
+                or not 0 <= self.activation_outliers <= MAX_ACTIVATION_OUTLIERS):
+            raise ValueError(
+                f"TernaryConfig.activation_outliers must be an integer from 0 to {MAX_ACTIVATION_OUTLIERS}, "
+                f"got {self.activation_outliers!r}."
+            )
         if self.backend == "cpu_int8" and self.activation_quant != "per_token_int8":
             raise ValueError(
                 "TernaryConfig.backend='cpu_int8' multiplies int8 activations, so it needs "

@@ -15,7 +15,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from .kernels import check_backend_name, fake_quantize_activations, ternary_linear
-from .kernels.actquant import check_activation_quant
+from .kernels.actquant import check_activation_outliers, check_activation_quant
 from .packing import pack_codes, packed_rows, unpack_codes
 from .ternarize import check_group_size, dequantize, fake_ternarize, scale_shape, ternarize
 
@@ -34,6 +34,7 @@ class TernaryLinear(nn.Module):
         rule: str = "twn",
         mode: str = "inference",
         activation_quant: str = "per_token_int8",
+        activation_outliers: int = 1,
         backend: str = "auto",
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
@@ -48,6 +49,7 @@ class TernaryLinear(nn.Module):
         self.mode = mode
         # Part of the layer's numerics (QAT simulates it, every inference backend computes it).
         self.activation_quant = check_activation_quant(activation_quant)
+        self.activation_outliers = check_activation_outliers(activation_outliers)
         # Inference kernel (see ternary_hf.kernels); kernel buffers are cached on first use, not saved.
         self.backend = check_backend_name(backend)
         # Fraction of the quantization applied in QAT (1 = fully ternary); a trainer may ramp it in.
@@ -135,12 +137,13 @@ class TernaryLinear(nn.Module):
         if self.is_packed:
             return ternary_linear(self, x)
         weight = fake_ternarize(self.weight, self.rule, self.granularity, self.group_size, self.quant_strength)
-        x = fake_quantize_activations(x, self.activation_quant, self.quant_strength)
+        x = fake_quantize_activations(x, self.activation_quant, self.activation_outliers, self.quant_strength)
         return F.linear(x, weight, self.bias)
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
             f"granularity={self.granularity}, rule={self.rule}, mode={self.mode}, "
-            f"activation_quant={self.activation_quant}, backend={self.backend}"
+            f"activation_quant={self.activation_quant}, activation_outliers={self.activation_outliers}, "
+            f"backend={self.backend}"
         )

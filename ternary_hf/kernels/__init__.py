@@ -10,7 +10,7 @@ All backends compute the layer's numerics: `actquant(x) @ (codes * scale)^T + bi
 is the layer's `activation_quant` (see `actquant.py`; QAT simulates the same).
 """
 
-from .actquant import fake_quantize_activations, fake_quantize_per_token, per_token_scale, quantize_per_token
+from .actquant import TokenQuant, fake_quantize_activations, fake_quantize_per_token, quantize_per_token
 from .registry import (
     Backend,
     auto_backend_name,
@@ -35,7 +35,7 @@ __all__ = [
     "fake_quantize_activations",
     "fake_quantize_per_token",
     "get_backend",
-    "per_token_scale",
+    "TokenQuant",
     "prepare",
     "quantize_per_token",
     "register_backend",

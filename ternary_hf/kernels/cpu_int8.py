@@ -33,13 +33,13 @@ class CpuInt8Backend(Backend):
 
     def forward(self, layer, state: Int8State, x: torch.Tensor) -> torch.Tensor:
         if len(state.scales) != 1 or native.native_lib() is None:
-            return int8_linear(state, x).to(x.dtype)
+            return int8_linear(state, x, layer.activation_outliers).to(x.dtype)
         k = x.shape[-1]
         x2 = x.reshape(-1, k)
         if x2.dtype != torch.float32 or not x2.is_contiguous():
             x2 = x2.float().contiguous()
-        q, act_scale = native.quantize_rows(x2)
-        y = native.rescale_(torch._int_mm(q, state.codes), state.scales[0], act_scale, state.bias)
+        tq = native.quantize_rows(x2, layer.activation_outliers)
+        y = native.rescale_(torch._int_mm(tq.q, state.codes), tq, state.codes, state.scales[0], state.bias)
         return y.reshape(*x.shape[:-1], y.shape[-1]).to(x.dtype)
 
 

@@ -50,7 +50,7 @@ class CudaBackend(Backend):
 
     def forward(self, layer, state, x: torch.Tensor) -> torch.Tensor:
         if isinstance(state, Int8State) and state.codes.dtype == torch.int8:
-            return int8_linear(state, x, padded_int_mm).to(x.dtype)
+            return int8_linear(state, x, layer.activation_outliers, padded_int_mm).to(x.dtype)
         return _DENSE.forward(layer, state, x)
 
 

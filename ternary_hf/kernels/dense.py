@@ -35,7 +35,7 @@ class DenseBackend(Backend):
 
     def forward(self, layer, state, x: torch.Tensor) -> torch.Tensor:
         if isinstance(state, Int8State):
-            return int8_linear(state, x, float_product).to(x.dtype)
+            return int8_linear(state, x, layer.activation_outliers, float_product).to(x.dtype)
         return F.linear(x, state.weight, state.bias)
 
 

@@ -30,57 +30,81 @@ from pathlib import Path
 
 import torch
 
+from .actquant import TokenQuant
+
 logger = logging.getLogger(__name__)
 
 C_SOURCE = r"""
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <math.h>
 
-/* absmax of a row via the float bit patterns: max over (bits & 0x7fffffff) as integers orders like |x|
-   (NaN > inf, so a NaN propagates as in torch.amax) and vectorizes without fast-math. */
-static inline float row_absmax(const float* x, int64_t K) {
-    const uint32_t* b = (const uint32_t*)x;
-    uint32_t m = 0;
-    for (int64_t k = 0; k < K; ++k) { uint32_t v = b[k] & 0x7fffffffu; m = v > m ? v : m; }
-    float f; memcpy(&f, &m, 4); return f;
-}
-
-/* a = max(absmax(row), 1e-8f) / 127.0f ; q = clamp(rint(x / a), -127, 127) */
-void tq_quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* scale, int nthreads) {
-    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && M * K >= 65536)
-    for (int64_t m = 0; m < M; ++m) {
-        const float* xr = x + m * K;
-        int8_t* qr = q + m * K;
-        float amax = row_absmax(xr, K);
-        float a = (amax > 1e-8f ? amax : 1e-8f) / 127.0f;
-        scale[m] = a;
-        for (int64_t k = 0; k < K; ++k) {
-            float v = rintf(xr[k] / a);
-            v = v > 127.0f ? 127.0f : v;
-            v = v < -127.0f ? -127.0f : v;
-            qr[k] = (int8_t)v;
+/* Per-token int8 quantization with `nout` float outliers (see actquant.py), bit-identical to the torch
+   reference. Magnitudes are compared as the integer bit patterns of |x| (same order as the floats; it
+   vectorizes without fast-math); a picked outlier is marked -1 so it is never picked twice. */
+void tq_quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* scale,
+                      int64_t* oidx, float* oval, int nout, int nthreads) {
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && M * K >= 65536)
+    {
+        int32_t* mag = (int32_t*)malloc(sizeof(int32_t) * (size_t)K);
+        #pragma omp for schedule(static)
+        for (int64_t m = 0; m < M; ++m) {
+            const float* xr = x + m * K;
+            int8_t* qr = q + m * K;
+            const int32_t* bits = (const int32_t*)xr;
+            int32_t top = -1;
+            for (int64_t k = 0; k < K; ++k) { int32_t v = bits[k] & 0x7fffffff; mag[k] = v; top = v > top ? v : top; }
+            for (int i = 0; i < nout; ++i) {
+                int64_t j = 0;
+                while (mag[j] != top) ++j;  /* first (lowest) index holding the maximum */
+                mag[j] = -1;
+                oidx[m * nout + i] = j;
+                oval[m * nout + i] = xr[j];
+                top = -1;
+                for (int64_t k = 0; k < K; ++k) top = mag[k] > top ? mag[k] : top;
+            }
+            float amax = 0.0f;
+            if (top > 0) memcpy(&amax, &top, 4);
+            const float a = (amax > 1e-8f ? amax : 1e-8f) / 127.0f;
+            scale[m] = a;
+            for (int64_t k = 0; k < K; ++k) {
+                float v = rintf(xr[k] / a);
+                v = v > 127.0f ? 127.0f : v;
+                v = v < -127.0f ? -127.0f : v;
+                qr[k] = (int8_t)v;
+            }
+            for (int i = 0; i < nout; ++i) qr[oidx[m * nout + i]] = 0;
         }
+        free(mag);
     }
 }
 
-/* y[m, n] = ((float)acc[m, n] * ws[n]) * a[m] + bias[n], every product rounded on its own, as torch's
-   acc.float().mul_(ws).mul_(a).add_(bias). y may be acc itself (in place). */
-void tq_rescale(const int32_t* acc, int64_t M, int64_t N, const float* ws, int64_t ws_len,
-                const float* a, const float* bias, float* y, int nthreads) {
-    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && M * N >= 65536)
-    for (int64_t m = 0; m < M; ++m) {
-        const int32_t* ar = acc + m * N;
-        float* yr = y + m * N;
-        const float am = a[m];
-        if (ws_len == 1) {
-            const float w = ws[0];
-            if (bias) for (int64_t n = 0; n < N; ++n) { float t = (float)ar[n] * w; t = t * am; yr[n] = t + bias[n]; }
-            else      for (int64_t n = 0; n < N; ++n) { float t = (float)ar[n] * w; yr[n] = t * am; }
-        } else {
+/* y[m, n] = ((float)acc[m, n] * ws[n]) * a[m] + bias[n] + sum_i oval[m, i] * (codes[oidx[m, i], n] * ws[n]),
+   every operation rounded on its own, in the order of the torch reference (int8.py). y may be acc itself. */
+void tq_rescale(const int32_t* acc, int64_t M, int64_t N, const float* ws, const float* a, const float* bias,
+                const int8_t* codes, const int64_t* oidx, const float* oval, int nout, float* y, int nthreads) {
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && M * N >= 65536)
+    {
+        float* o = nout ? (float*)malloc(sizeof(float) * (size_t)N) : NULL;
+        #pragma omp for schedule(static)
+        for (int64_t m = 0; m < M; ++m) {
+            const int32_t* ar = acc + m * N;
+            float* yr = y + m * N;
+            const float am = a[m];
             if (bias) for (int64_t n = 0; n < N; ++n) { float t = (float)ar[n] * ws[n]; t = t * am; yr[n] = t + bias[n]; }
             else      for (int64_t n = 0; n < N; ++n) { float t = (float)ar[n] * ws[n]; yr[n] = t * am; }
+            if (nout) {
+                for (int i = 0; i < nout; ++i) {
+                    const int8_t* c = codes + oidx[m * nout + i] * N;
+                    const float v = oval[m * nout + i];
+                    if (i == 0) for (int64_t n = 0; n < N; ++n) { float w = (float)c[n] * ws[n]; o[n] = v * w; }
+                    else        for (int64_t n = 0; n < N; ++n) { float w = (float)c[n] * ws[n]; float p = v * w; o[n] = o[n] + p; }
+                }
+                for (int64_t n = 0; n < N; ++n) yr[n] = yr[n] + o[n];
+            }
         }
+        free(o);
     }
 }
 """
@@ -142,9 +166,9 @@ def _load() -> ctypes.CDLL:
         raise RuntimeError("no C compiler found (set CC, or install gcc/clang)")
     lib = ctypes.CDLL(str(_build(cc)))
     i64, ptr, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
-    lib.tq_quantize_rows.argtypes = [ptr, i64, i64, ptr, ptr, cint]
+    lib.tq_quantize_rows.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, cint, cint]
     lib.tq_quantize_rows.restype = None
-    lib.tq_rescale.argtypes = [ptr, i64, i64, ptr, i64, ptr, ptr, ptr, cint]
+    lib.tq_rescale.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, cint, ptr, cint]
     lib.tq_rescale.restype = None
     return lib
 
@@ -175,23 +199,34 @@ def native_unavailable_reason() -> str | None:
     return _failure
 
 
-def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token int8 quantization of a contiguous float32 `[M, K]` matrix: `(q int8 [M, K], scale [M, 1])`."""
+def quantize_rows(x: torch.Tensor, outliers: int) -> TokenQuant:
+    """`quantize_per_token` of a contiguous float32 `[M, K]` matrix, in one pass per row."""
     lib = native_lib()
     m, k = x.shape
+    outliers = min(outliers, k)
     q = torch.empty((m, k), dtype=torch.int8)
     scale = torch.empty((m, 1), dtype=torch.float32)
-    lib.tq_quantize_rows(x.data_ptr(), m, k, q.data_ptr(), scale.data_ptr(), torch.get_num_threads())
-    return q, scale
+    index = torch.empty((m, outliers), dtype=torch.int64) if outliers else None
+    value = torch.empty((m, outliers), dtype=torch.float32) if outliers else None
+    lib.tq_quantize_rows(
+        x.data_ptr(), m, k, q.data_ptr(), scale.data_ptr(),
+        index.data_ptr() if outliers else None, value.data_ptr() if outliers else None, outliers,
+        torch.get_num_threads(),
+    )
+    return TokenQuant(q, scale, index, value)
 
 
-def rescale_(acc: torch.Tensor, weight_scale: torch.Tensor, act_scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """In place: the int32 `[M, N]` product becomes `acc * weight_scale * act_scale + bias` as float32
-    (returned as a float32 view of the same memory)."""
+def rescale_(acc: torch.Tensor, tq: TokenQuant, codes: torch.Tensor, weight_scale: torch.Tensor,
+             bias: torch.Tensor | None) -> torch.Tensor:
+    """In place: the int32 `[M, N]` product becomes the float32 layer output (see `int8.py`), returned as a
+    float32 view of the same memory. `codes` int8 `[K, N]` contiguous, `weight_scale` float32 `[N]`."""
     lib = native_lib()
     m, n = acc.shape
+    outliers = 0 if tq.outlier_index is None else tq.outlier_index.shape[1]
     lib.tq_rescale(
-        acc.data_ptr(), m, n, weight_scale.data_ptr(), weight_scale.numel(), act_scale.data_ptr(),
-        bias.data_ptr() if bias is not None else None, acc.data_ptr(), torch.get_num_threads(),
+        acc.data_ptr(), m, n, weight_scale.data_ptr(), tq.scale.data_ptr(),
+        bias.data_ptr() if bias is not None else None, codes.data_ptr(),
+        tq.outlier_index.data_ptr() if outliers else None, tq.outlier_value.data_ptr() if outliers else None,
+        outliers, acc.data_ptr(), torch.get_num_threads(),
     )
     return acc.view(torch.float32)

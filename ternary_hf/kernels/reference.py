@@ -24,7 +24,7 @@ class ReferenceBackend(Backend):
     def forward(self, layer, state, x: torch.Tensor) -> torch.Tensor:
         if layer.activation_quant == "per_token_int8":
             plain = build_int8_state(layer, x.device, codes_dtype=torch.float32)
-            return int8_linear(plain, x, float_product).to(x.dtype)
+            return int8_linear(plain, x, layer.activation_outliers, float_product).to(x.dtype)
         weight = layer.dequantized_weight(x.dtype)
         bias = layer.bias.to(x.dtype) if layer.bias is not None else None
         return F.linear(x, weight, bias)
