@@ -57,9 +57,13 @@ def quantize_per_token(x: torch.Tensor, outliers: int = 0) -> TokenQuant:
     index = value = None
     rest = xf
     if outliers:
-        outliers = min(outliers, xf.shape[-1])
-        # stable sort: among equal magnitudes the lowest index comes first (the C kernel's tie rule)
-        index = torch.sort(xf.abs(), dim=-1, descending=True, stable=True).indices[..., :outliers]
+        magnitude = xf.abs()
+        picked = []
+        for _ in range(min(outliers, xf.shape[-1])):
+            j = magnitude.argmax(dim=-1, keepdim=True)  # the first maximum: ties go to the lowest index
+            picked.append(j)
+            magnitude.scatter_(-1, j, -1.0)  # never picked again
+        index = torch.cat(picked, dim=-1)
         value = xf.gather(-1, index)
         rest = xf.scatter(-1, index, 0.0)
     scale = rest.abs().amax(dim=-1, keepdim=True).clamp_min(_EPS) / QMAX
