@@ -15,6 +15,10 @@ RULES = ("twn", "absmean", "paper")
 MODES = ("inference", "qat")
 BACKENDS = ("auto", "reference")
 EMBEDDING_DTYPES = ("float", "int8")
+BACKENDS = ("auto", "reference", "dense", "cpu_int8", "cuda")
+# How activations entering a TernaryLinear are quantized (the math: `ternary_hf/kernels/actquant.py`).
+ACTIVATION_QUANTS = ("per_token_int8", "none")
+MAX_ACTIVATION_OUTLIERS = 8
 
 # Written into every saved config so that someone who opens config.json without the plugin
 # installed learns what to do (transformers itself only says "Unknown quantization type").
@@ -72,7 +76,25 @@ class TernaryConfig(QuantizationConfigMixin):
     )
     backend: str = field(
         default="auto",
-        metadata={"help": "Inference kernel backend for TernaryLinear; `auto` picks the fastest for the device."},
+        metadata={"help": "Inference kernel backend for TernaryLinear: `auto` (the fastest for the input's device: "
+                  "`cpu_int8` on CPU, `cuda` on CUDA), `reference` (unpack -> float matmul, the plain "
+                  "computation every other backend is tested against), `dense` (dequantized weight cached once, "
+                  "float matmul), `cpu_int8` (int8 x ternary-code GEMM with `torch._int_mm`; needs "
+                  "activation_quant='per_token_int8'), `cuda`. Override at run time with "
+                  "`ternary_hf.kernels.use_backend(name)`."},
+    )
+    activation_quant: str = field(
+        default="per_token_int8",
+        metadata={"help": "Activation quantization of every TernaryLinear input, part of the model's numerics in "
+                  "all backends and simulated (straight-through) in `qat` mode so training sees what is served: "
+                  "`per_token_int8` (symmetric, one absmax/127 scale per token; what makes the CPU int8 kernel "
+                  "possible) or `none` (float activations)."},
+    )
+    activation_outliers: int = field(
+        default=1,
+        metadata={"help": "With per_token_int8: how many largest-magnitude entries of each token stay in float "
+                  f"(0-{MAX_ACTIVATION_OUTLIERS}), multiplied by their weight columns in float, so that one "
+                  "outlier channel does not set the int8 scale of the whole token."},
     )
     quant_method: str = field(default=QUANT_METHOD, metadata={"help": "Always 'ternary' (the registered name)."})
 
@@ -88,6 +110,18 @@ class TernaryConfig(QuantizationConfigMixin):
         _choice("mode", self.mode, MODES)
         _choice("backend", self.backend, BACKENDS)
         _choice("embedding_dtype", self.embedding_dtype, EMBEDDING_DTYPES)
+        _choice("activation_quant", self.activation_quant, ACTIVATION_QUANTS)
+        if (isinstance(self.activation_outliers, bool) or not isinstance(self.activation_outliers, int)
+                or not 0 <= self.activation_outliers <= MAX_ACTIVATION_OUTLIERS):
+            raise ValueError(
+                f"TernaryConfig.activation_outliers must be an integer from 0 to {MAX_ACTIVATION_OUTLIERS}, "
+                f"got {self.activation_outliers!r}."
+            )
+        if self.backend == "cpu_int8" and self.activation_quant != "per_token_int8":
+            raise ValueError(
+                "TernaryConfig.backend='cpu_int8' multiplies int8 activations, so it needs "
+                f"activation_quant='per_token_int8' (got {self.activation_quant!r}); use backend='auto' or 'dense'."
+            )
         if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1:
             raise ValueError(f"TernaryConfig.group_size must be a positive integer, got {self.group_size!r}.")
         if self.modules_to_not_convert is not None:

@@ -122,6 +122,9 @@ def replace_linear_modules(model: nn.Module, names: list[str], config: TernaryCo
             group_size=config.group_size,
             rule=config.rule,
             mode=config.mode,
+            activation_quant=config.activation_quant,
+            activation_outliers=config.activation_outliers,
+            backend=config.backend,
             dtype=dtype or linear.weight.dtype,
             device=linear.weight.device,
         )

@@ -15,6 +15,8 @@ from torch import nn
 import torch.nn.functional as F
 
 from .checkpoint import expected_packed_shapes
+from .kernels import check_backend_name, fake_quantize_activations, ternary_linear
+from .kernels.actquant import check_activation_outliers, check_activation_quant
 from .packing import pack_codes, packed_rows, unpack_codes
 from .ternarize import check_group_size, dequantize, fake_ternarize, scale_shape, ternarize
 
@@ -32,6 +34,9 @@ class TernaryLinear(nn.Module):
         group_size: int = 128,
         rule: str = "twn",
         mode: str = "inference",
+        activation_quant: str = "per_token_int8",
+        activation_outliers: int = 1,
+        backend: str = "auto",
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
@@ -43,6 +48,11 @@ class TernaryLinear(nn.Module):
         self.group_size = group_size
         self.rule = rule
         self.mode = mode
+        # Part of the layer's numerics (QAT simulates it, every inference backend computes it).
+        self.activation_quant = check_activation_quant(activation_quant)
+        self.activation_outliers = check_activation_outliers(activation_outliers)
+        # Inference kernel (see ternary_hf.kernels); kernel buffers are cached on first use, not saved.
+        self.backend = check_backend_name(backend)
         # Fraction of the quantization applied in QAT (1 = fully ternary); a trainer may ramp it in.
         self.quant_strength = 1.0
         if granularity == "per_group":
@@ -130,13 +140,15 @@ class TernaryLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_packed:
-            weight = self.dequantized_weight(x.dtype)
-        else:
-            weight = fake_ternarize(self.weight, self.rule, self.granularity, self.group_size, self.quant_strength)
+            return ternary_linear(self, x)
+        weight = fake_ternarize(self.weight, self.rule, self.granularity, self.group_size, self.quant_strength)
+        x = fake_quantize_activations(x, self.activation_quant, self.activation_outliers, self.quant_strength)
         return F.linear(x, weight, self.bias)
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-            f"granularity={self.granularity}, rule={self.rule}, mode={self.mode}"
+            f"granularity={self.granularity}, rule={self.rule}, mode={self.mode}, "
+            f"activation_quant={self.activation_quant}, activation_outliers={self.activation_outliers}, "
+            f"backend={self.backend}"
         )

@@ -117,13 +117,24 @@ def test_other_encoders(arch, tmp_path):
 
 
 def test_dequantize_computes_the_same_function(tiny_bert_dir):
-    q = AutoModel.from_pretrained(tiny_bert_dir, quantization_config=TernaryConfig(granularity="per_group", group_size=2))
+    cfg = TernaryConfig(granularity="per_group", group_size=2, activation_quant="none")
+    q = AutoModel.from_pretrained(tiny_bert_dir, quantization_config=cfg)
     x = _ids()
     expected = q(x).last_hidden_state
     d = q.dequantize()
     assert not ternary_hf.is_ternary_model(d) and not getattr(d, "is_quantized", False)
     assert type(d.encoder.layer[0].attention.self.query) is nn.Linear
     torch.testing.assert_close(d(x).last_hidden_state, expected, rtol=0, atol=1e-6)
+
+
+def test_dequantize_drops_only_activation_quantization(tiny_bert_dir):
+    """With the default per-token int8 activations, the dequantized model is the fp-activation function."""
+    q = AutoModel.from_pretrained(tiny_bert_dir, quantization_config=TernaryConfig())
+    x = _ids()
+    served = q(x).last_hidden_state
+    d = q.dequantize()
+    cos = nn.functional.cosine_similarity(d(x).last_hidden_state, served, dim=-1)
+    assert cos.min() > 0.99 and not torch.equal(d(x).last_hidden_state, served)
 
 
 def test_qat_mode_trains_latent_weights_and_saves_packed(tiny_bert_dir, tmp_path):
@@ -180,7 +191,8 @@ def test_int8_embeddings_round_trip_and_dequantize(tiny_bert_dir, tmp_path):
     from ternary_hf import Int8Embedding
 
     fp = AutoModel.from_pretrained(tiny_bert_dir)
-    q = AutoModel.from_pretrained(tiny_bert_dir, quantization_config=TernaryConfig(embedding_dtype="int8"))
+    q = AutoModel.from_pretrained(tiny_bert_dir, quantization_config=TernaryConfig(embedding_dtype="int8",
+                                                                                   activation_quant="none"))
     table = q.embeddings.word_embeddings
     assert isinstance(table, Int8Embedding) and table.weight.dtype == torch.int8
     w = fp.embeddings.word_embeddings.weight

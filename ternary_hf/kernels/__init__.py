@@ -1,0 +1,45 @@
+"""Inference kernels for packed `TernaryLinear` layers.
+
+Backends (select with `TernaryConfig(backend=...)`, or at run time with `use_backend(name)`):
+  auto       per device: `cpu_int8` on CPU, `cuda` on CUDA, `dense` elsewhere or with float activations
+  reference  unpack -> dequantize -> float matmul; the definition the others are tested against
+  dense      dequantized weight cached once, float matmul
+  cpu_int8   per-token int8 activations x int8 codes, `torch._int_mm` (oneDNN), exact int32 accumulation
+  cuda       int8 `torch._int_mm` (cuBLASLt) or a cached dense weight in the input dtype
+All backends compute the layer's numerics: `actquant(x) @ (codes * scale)^T + bias`, where `actquant`
+is the layer's `activation_quant` (see `actquant.py`; QAT simulates the same).
+"""
+
+from .actquant import TokenQuant, fake_quantize_activations, fake_quantize_per_token, quantize_per_token
+from .registry import (
+    Backend,
+    auto_backend_name,
+    available_backends,
+    check_backend_name,
+    clear_kernel_cache,
+    get_backend,
+    prepare,
+    register_backend,
+    resolve_backend,
+    ternary_linear,
+    use_backend,
+)
+from . import reference, dense, cpu_int8, cuda  # noqa: E402,F401  (register the backends)
+
+__all__ = [
+    "Backend",
+    "auto_backend_name",
+    "available_backends",
+    "check_backend_name",
+    "clear_kernel_cache",
+    "fake_quantize_activations",
+    "fake_quantize_per_token",
+    "get_backend",
+    "TokenQuant",
+    "prepare",
+    "quantize_per_token",
+    "register_backend",
+    "resolve_backend",
+    "ternary_linear",
+    "use_backend",
+]
