@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 from .config import TernaryConfig  # noqa: E402
 from .layer import TernaryLinear  # noqa: E402
+from .embedding import Int8Embedding  # noqa: E402
 from .integration import dequantize_modules, freeze_to_inference, is_ternary_model  # noqa: E402
 from .quantizer import TernaryHfQuantizer, register  # noqa: E402
 from .footprint import Footprint, footprint  # noqa: E402
@@ -19,6 +20,7 @@ register()
 __all__ = [
     "CardInfo",
     "Footprint",
+    "Int8Embedding",
     "TernaryConfig",
     "TernaryHfQuantizer",
     "TernaryLinear",

@@ -14,6 +14,7 @@ GRANULARITIES = ("per_tensor", "per_channel", "per_group")
 RULES = ("twn", "absmean", "paper")
 MODES = ("inference", "qat")
 BACKENDS = ("auto", "reference")
+EMBEDDING_DTYPES = ("float", "int8")
 
 # Written into every saved config so that someone who opens config.json without the plugin
 # installed learns what to do (transformers itself only says "Unknown quantization type").
@@ -63,6 +64,12 @@ class TernaryConfig(QuantizationConfigMixin):
         default=None,
         metadata={"help": "Module names (prefix, regex or suffix, as in transformers) kept in full precision."},
     )
+    embedding_dtype: str = field(
+        default="float",
+        metadata={"help": "`float`: embedding tables stay in the dtype the model is loaded with. `int8`: stored "
+                  "as int8 rows x a per-row scale (4x smaller; in small encoders the embedding table is most of "
+                  "the checkpoint). Tables tied to an output layer (MLM decoders) always stay float."},
+    )
     backend: str = field(
         default="auto",
         metadata={"help": "Inference kernel backend for TernaryLinear; `auto` picks the fastest for the device."},
@@ -80,6 +87,7 @@ class TernaryConfig(QuantizationConfigMixin):
         _choice("rule", self.rule, RULES)
         _choice("mode", self.mode, MODES)
         _choice("backend", self.backend, BACKENDS)
+        _choice("embedding_dtype", self.embedding_dtype, EMBEDDING_DTYPES)
         if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1:
             raise ValueError(f"TernaryConfig.group_size must be a positive integer, got {self.group_size!r}.")
         if self.modules_to_not_convert is not None:

@@ -88,6 +88,9 @@ def _from_model(model: nn.Module) -> Footprint:
             else:
                 sizes["scales"] += t.numel() * t.element_size()
             continue
+        if leaf == "weight_scale":  # e.g. an Int8Embedding's row scales: no fp32 counterpart
+            sizes["scales"] += t.numel() * t.element_size()
+            continue
         sizes[_classify(name, False, False)] += t.numel() * t.element_size()
         fp32 += t.numel() * 4
     return Footprint(**sizes, fp32_bytes=fp32)

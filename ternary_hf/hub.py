@@ -136,7 +136,9 @@ def _check_packed_tensors(files: list[Path], qconfig: dict) -> list[str]:
         raise CheckpointError(str(exc)) from exc
     tensors = {key: (info.dtype, list(info.shape)) for key, info in index.tensors.items()}
     shapes = index.layer_shapes
-    layers = sorted(k[: -len(".weight_scale")] for k in tensors if k.endswith(".weight_scale"))
+    # int8 embedding tables (embedding_dtype="int8") also have a weight_scale; they are not ternary layers.
+    layers = sorted(k[: -len(".weight_scale")] for k in tensors
+                    if k.endswith(".weight_scale") and tensors.get(k[: -len("_scale")], ("",))[0] != "I8")
     if not layers:
         raise CheckpointError(
             f"{', '.join(str(f) for f in files)} hold no packed ternary layer (no '*.weight_scale' tensor) although "

@@ -9,7 +9,8 @@ from transformers.quantizers.quantizers_utils import should_convert_module
 
 from .config import TernaryConfig
 from .layer import TernaryLinear
-from .checkpoint import TensorInfo, expected_packed_shapes
+from .checkpoint import TensorInfo
+from .embedding import Int8Embedding
 from .ternarize import check_group_size
 
 
@@ -40,8 +41,8 @@ def index_by_module(model: nn.Module, index: dict[str, TensorInfo]) -> dict[str,
 
 
 def _tied_or_output_modules(model: nn.Module) -> set[str]:
-    """Linear modules that share their weight with an embedding (MLM decoders): ternarizing them would
-    break the tie, so they stay in full precision."""
+    """Modules whose weight is shared (an MLM decoder and the word embeddings it is tied to): quantizing
+    one side would break the tie, so both stay in full precision."""
     names: set[str] = set()
     tied = getattr(model, "all_tied_weights_keys", None) or {}
     for key in list(tied.keys()) + list(tied.values()):
@@ -51,6 +52,21 @@ def _tied_or_output_modules(model: nn.Module) -> set[str]:
     if out_emb is not None:
         names.update(n for n, m in model.named_modules() if m is out_emb)
     return names
+
+
+def _select(model, config, by_module, pre_quantized, module_type, stored_dtype) -> list[str]:
+    skip = sorted(set(config.modules_to_not_convert or []) | set(getattr(model, "_keep_in_fp32_modules", None) or []))
+    never = _tied_or_output_modules(model)
+    selected = []
+    for name, module in model.named_modules():
+        if type(module) is not module_type or name in never or not should_convert_module(name, skip):
+            continue
+        if by_module is not None:
+            stored = by_module.get(name, {}).get("weight")
+            if stored is None or (stored.dtype == stored_dtype) != pre_quantized:
+                continue
+        selected.append(name)
+    return selected
 
 
 def select_linear_modules(
@@ -64,23 +80,30 @@ def select_linear_modules(
     From a full-precision checkpoint: every Linear whose weight is in the checkpoint (new heads stay
     `nn.Linear` and get initialised normally). From a packed checkpoint: every Linear stored packed (uint8).
     """
-    skip = set(config.modules_to_not_convert or [])
-    keep_fp = set(getattr(model, "_keep_in_fp32_modules", None) or [])
-    never = _tied_or_output_modules(model)
-    selected = []
-    for name, module in model.named_modules():
-        if type(module) is not nn.Linear or name in never:
-            continue
-        if not should_convert_module(name, sorted(skip | keep_fp)):
-            continue
-        if by_module is not None:
-            stored = by_module.get(name, {}).get("weight")
-            if stored is None:
-                continue
-            if (stored.dtype == "U8") != pre_quantized:
-                continue
-        selected.append(name)
-    return selected
+    return _select(model, config, by_module, pre_quantized, nn.Linear, "U8")
+
+
+def select_embedding_modules(
+    model: nn.Module,
+    config: TernaryConfig,
+    by_module: dict[str, dict[str, TensorInfo]] | None,
+    pre_quantized: bool,
+) -> list[str]:
+    """Names of the `nn.Embedding` modules stored as int8: from a full-precision checkpoint when
+    `embedding_dtype="int8"`, from a packed checkpoint every table stored as int8."""
+    if not pre_quantized and config.embedding_dtype != "int8":
+        return []
+    return _select(model, config, by_module, pre_quantized, nn.Embedding, "I8")
+
+
+def replace_embedding_modules(model: nn.Module, names: list[str], dtype: torch.dtype | None) -> None:
+    """Swap the named `nn.Embedding` modules for empty `Int8Embedding`s (the model is on the meta device)."""
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        emb = getattr(parent, child)
+        setattr(parent, child, Int8Embedding(emb.num_embeddings, emb.embedding_dim, emb.padding_idx,
+                                             dtype=dtype or emb.weight.dtype, device=emb.weight.device))
 
 
 def replace_linear_modules(model: nn.Module, names: list[str], config: TernaryConfig, dtype: torch.dtype | None) -> None:
@@ -106,11 +129,10 @@ def replace_linear_modules(model: nn.Module, names: list[str], config: TernaryCo
 
 
 def check_packed_shapes(model: nn.Module, by_module: dict[str, dict[str, TensorInfo]], names: list[str]) -> None:
-    """Before any tensor is read: every packed tensor must have the shape the model's config implies."""
+    """Before any tensor is read: every stored tensor must have the shape the model's config implies."""
     for name in names:
         layer = model.get_submodule(name)
-        expected = expected_packed_shapes(layer.out_features, layer.in_features, layer.granularity, layer.group_size)
-        for suffix, shape in expected.items():
+        for suffix, shape in layer.stored_shapes().items():
             info = by_module.get(name, {}).get(suffix)
             if info is None:
                 raise ValueError(
@@ -120,8 +142,7 @@ def check_packed_shapes(model: nn.Module, by_module: dict[str, dict[str, TensorI
             if info.shape != tuple(shape):
                 raise ValueError(
                     f"Packed checkpoint tensor '{name}.{suffix}' in {info.file} has shape {info.shape}, but the "
-                    f"model config implies {tuple(shape)} (in_features={layer.in_features}, "
-                    f"out_features={layer.out_features}, granularity={layer.granularity}); the checkpoint and its "
+                    f"model config implies {tuple(shape)} ({layer.extra_repr()}); the checkpoint and its "
                     "config.json disagree."
                 )
 
@@ -137,7 +158,16 @@ def is_ternary_model(model: nn.Module) -> bool:
 
 @torch.no_grad()
 def dequantize_modules(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
-    """Replace every `TernaryLinear` by an `nn.Linear` holding `codes * scale`: same function, full precision."""
+    """Replace every `TernaryLinear` by an `nn.Linear` holding `codes * scale` (and every `Int8Embedding` by
+    an `nn.Embedding`): the same function, in full precision."""
+    for name, emb in [(n, m) for n, m in model.named_modules() if isinstance(m, Int8Embedding)]:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        weight = emb.dequantized_weight(dtype)
+        new = nn.Embedding(emb.num_embeddings, emb.embedding_dim, emb.padding_idx, device=weight.device,
+                           dtype=weight.dtype)
+        new.weight.copy_(weight)
+        setattr(parent, child, new)
     for name, layer in ternary_modules(model):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .checkpoint import expected_packed_shapes
 from .packing import pack_codes, packed_rows, unpack_codes
 from .ternarize import check_group_size, dequantize, fake_ternarize, scale_shape, ternarize
 
@@ -103,6 +104,10 @@ class TernaryLinear(nn.Module):
             return {"weight": self.weight, "weight_scale": self.weight_scale}
         packed, scale = self.quantize_weight(self.weight)
         return {"weight": packed, "weight_scale": scale.to(self.weight.dtype)}
+
+    def stored_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of the tensors a saved checkpoint holds for this layer."""
+        return expected_packed_shapes(self.out_features, self.in_features, self.granularity, self.group_size)
 
     def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Dense `codes * scale` weight `[out, in]` (what the layer computes with)."""

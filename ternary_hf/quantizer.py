@@ -20,16 +20,20 @@ from .integration import (
     check_packed_shapes,
     dequantize_modules,
     index_by_module,
+    replace_embedding_modules,
     replace_linear_modules,
+    select_embedding_modules,
     select_linear_modules,
     ternary_modules,
 )
+from .embedding import Int8Embedding
 from .layer import TernaryLinear
 
 
 
 class TernaryQuantize(ConversionOps):
-    """Load-time op: a full-precision `*.weight` from the checkpoint becomes packed codes + scale."""
+    """Load-time op: a full-precision `*.weight` from the checkpoint becomes the module's stored form
+    (packed ternary codes + scale for `TernaryLinear`, int8 rows + scale for `Int8Embedding`)."""
 
     def __init__(self, hf_quantizer: "TernaryHfQuantizer"):
         self.hf_quantizer = hf_quantizer
@@ -53,6 +57,7 @@ class TernaryHfQuantizer(HfQuantizer):
     def __init__(self, quantization_config: TernaryConfig, **kwargs):
         super().__init__(quantization_config, **kwargs)
         self.converted_modules: list[str] = []
+        self.int8_embeddings: list[str] = []
 
     @property
     def quantized_element_size(self) -> float | None:
@@ -72,12 +77,15 @@ class TernaryHfQuantizer(HfQuantizer):
             )
         if self.pre_quantized and config.mode != "inference":
             config.mode = "inference"  # a packed checkpoint can only be loaded packed
+        embeddings = select_embedding_modules(model, config, by_module, pre_quantized=self.pre_quantized)
         replace_linear_modules(model, names, config, dtype)
+        if config.mode == "inference":  # in QAT the tables stay trainable; they are stored int8 on save
+            replace_embedding_modules(model, embeddings, dtype)
         ignored = set(model._keys_to_ignore_on_load_unexpected or ())
         model._keys_to_ignore_on_load_unexpected = ignored | {re.escape(HINT_KEY)}
         if self.pre_quantized and by_module is not None:
-            check_packed_shapes(model, by_module, names)
-        self.converted_modules = names
+            check_packed_shapes(model, by_module, names + embeddings)
+        self.converted_modules, self.int8_embeddings = names, embeddings
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):
@@ -90,7 +98,7 @@ class TernaryHfQuantizer(HfQuantizer):
         if self.pre_quantized or self.quantization_config.mode != "inference":
             return False
         module, tensor_name = get_module_from_name(model, param_name)
-        return isinstance(module, TernaryLinear) and tensor_name == "weight"
+        return isinstance(module, (TernaryLinear, Int8Embedding)) and tensor_name == "weight"
 
     def get_quantize_ops(self):
         return TernaryQuantize(self)
@@ -104,6 +112,11 @@ class TernaryHfQuantizer(HfQuantizer):
                 for suffix, tensor in layer.packed_state().items():
                     state[f"{name}.{suffix}"] = tensor
             shapes[name] = [layer.out_features, layer.in_features]
+        for name in self.int8_embeddings:
+            table = model.get_submodule(name)
+            if isinstance(table, torch.nn.Embedding):  # QAT keeps float tables in memory
+                rows, scale = Int8Embedding.quantize_weight(table.weight)
+                state[f"{name}.weight"], state[f"{name}.weight_scale"] = rows, scale.to(table.weight.dtype)
         state[HINT_KEY] = torch.zeros(0, dtype=torch.uint8)
         metadata = {
             METADATA_KEY: json.dumps({"version": __version__, "shapes": shapes}),

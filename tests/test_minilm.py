@@ -9,7 +9,7 @@ from transformers import AutoModel
 
 import ternary_hf
 from ternary_hf import TernaryConfig, TernaryLinear
-from ternary_hf.quality import embedding_fidelity
+from ternary_hf.evaluation.fidelity import embedding_fidelity
 
 
 @pytest.fixture(scope="module")

@@ -174,3 +174,50 @@ def test_footprint_model_and_path_agree(tiny_bert_dir, tmp_path):
     assert fp.packed_weights == 0 and fp.ratio == pytest.approx(1.0)
     assert from_path.fp32_bytes == pytest.approx(fp.fp32_bytes, rel=0.01)
     assert from_path.ratio < 0.75 and from_path.file_bytes == os.path.getsize(tmp_path / "model.safetensors")
+
+
+def test_int8_embeddings_round_trip_and_dequantize(tiny_bert_dir, tmp_path):
+    from ternary_hf import Int8Embedding
+
+    fp = AutoModel.from_pretrained(tiny_bert_dir)
+    q = AutoModel.from_pretrained(tiny_bert_dir, quantization_config=TernaryConfig(embedding_dtype="int8"))
+    table = q.embeddings.word_embeddings
+    assert isinstance(table, Int8Embedding) and table.weight.dtype == torch.int8
+    w = fp.embeddings.word_embeddings.weight
+    scale = w.abs().amax(dim=1) / 127
+    assert torch.allclose(table.weight_scale, scale)
+    assert torch.equal(table.weight, torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
+    assert (table.dequantized_weight() - w).abs().max() <= scale.max() / 2 + 1e-7
+    q.save_pretrained(tmp_path)
+    q2 = AutoModel.from_pretrained(tmp_path)
+    assert isinstance(q2.embeddings.position_embeddings, Int8Embedding)
+    x = _ids()
+    assert torch.equal(q(x).last_hidden_state, q2(x).last_hidden_state)
+    size = ternary_hf.footprint(tmp_path)
+    layer_norm = 2 * 32 * 4  # embeddings.LayerNorm (fp32) is counted with the embeddings
+    assert size.embeddings == sum(m.weight.numel() for m in q.modules() if isinstance(m, Int8Embedding)) + layer_norm
+    assert size.fp32_bytes == pytest.approx(ternary_hf.footprint(tiny_bert_dir).fp32_bytes, rel=0.01)
+    expected = q2(x).last_hidden_state
+    d = q2.dequantize()
+    assert type(d.embeddings.word_embeddings) is nn.Embedding
+    torch.testing.assert_close(d(x).last_hidden_state, expected, rtol=0, atol=1e-5)
+
+
+def test_int8_embeddings_in_qat_stay_trainable_and_save_int8(tiny_bert_dir, tmp_path):
+    from ternary_hf import Int8Embedding
+
+    q = AutoModel.from_pretrained(tiny_bert_dir, quantization_config=TernaryConfig(mode="qat", embedding_dtype="int8"))
+    assert type(q.embeddings.word_embeddings) is nn.Embedding
+    q.save_pretrained(tmp_path)
+    q2 = AutoModel.from_pretrained(tmp_path)
+    assert isinstance(q2.embeddings.word_embeddings, Int8Embedding)
+    x = _ids()
+    cos = nn.functional.cosine_similarity(q(x).last_hidden_state.flatten(), q2(x).last_hidden_state.flatten(), dim=0)
+    assert cos > 0.999
+
+
+def test_tied_word_embeddings_stay_float_with_int8(tmp_path):
+    BertForMaskedLM(tiny_bert_config()).save_pretrained(tmp_path)
+    m = BertForMaskedLM.from_pretrained(tmp_path, quantization_config=TernaryConfig(embedding_dtype="int8"))
+    assert type(m.bert.embeddings.word_embeddings) is nn.Embedding
+    assert type(m.bert.embeddings.position_embeddings) is not nn.Embedding

@@ -7,7 +7,7 @@ import json
 import os
 import time
 
-from ..config import GRANULARITIES, RULES
+from ..config import EMBEDDING_DTYPES, GRANULARITIES, RULES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,6 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--granularity", default="per_channel", choices=GRANULARITIES)
     p.add_argument("--rule", default="twn", choices=RULES)
     p.add_argument("--group-size", type=int, default=128)
+    p.add_argument("--embedding-dtype", default="float", choices=EMBEDDING_DTYPES,
+                   help="int8 stores embedding tables as int8 rows x per-row scale (4x smaller tables).")
     p.add_argument("--n-texts", type=int, default=200, help="Real sentences used for the fidelity check.")
     p.set_defaults(func=run)
 
@@ -34,10 +36,11 @@ def run(args: argparse.Namespace) -> int:
     from ..defaults import DEFAULT_MODEL_ID, default_model_path, sample_sentences
     from ..footprint import footprint
     from ..hub import CardInfo, build_model_card
-    from ..quality import embedding_fidelity
+    from ..evaluation.fidelity import embedding_fidelity
 
     model_id = args.model or default_model_path()
-    config = TernaryConfig(granularity=args.granularity, rule=args.rule, group_size=args.group_size)
+    config = TernaryConfig(granularity=args.granularity, rule=args.rule, group_size=args.group_size,
+                           embedding_dtype=args.embedding_dtype)
     print(f"Ternarizing {model_id} with {config}")
     t0 = time.perf_counter()
     fp = SentenceTransformer(model_id, device="cpu")

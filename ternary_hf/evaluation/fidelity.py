@@ -16,7 +16,7 @@ None of these texts are in the WordNet distillation corpus (see :mod:`ternary_hf
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -110,3 +110,34 @@ def teacher_fidelity(model_cache: EmbeddingCache, reference_cache: EmbeddingCach
         k=sets.k,
     )
     return out
+
+
+@dataclass
+class FidelityReport:
+    """How closely a model's sentence embeddings follow a reference model's on the same texts."""
+
+    n_texts: int
+    mean_cosine: float
+    min_cosine: float
+    neighbour_agreement_at_10: float  # mean overlap of each text's 10 nearest neighbours under both models
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def embedding_fidelity(model_embeddings: torch.Tensor, reference_embeddings: torch.Tensor, k: int = 10) -> FidelityReport:
+    """Compare two `[n, d]` embedding matrices of the same texts (rows in the same order): paired cosine,
+    and how many of each text's k nearest other texts (within the same set) both models agree on."""
+    cos = torch.from_numpy(paired_cosine(model_embeddings.float().cpu().numpy(),
+                                         reference_embeddings.float().cpu().numpy()))
+    a = torch.nn.functional.normalize(model_embeddings.float().cpu(), dim=-1)
+    b = torch.nn.functional.normalize(reference_embeddings.float().cpu(), dim=-1)
+    k = min(k, a.shape[0] - 1)
+    agreement = float("nan")
+    if k > 0:
+        eye = torch.eye(a.shape[0], dtype=torch.bool)
+        na = (a @ a.T).masked_fill(eye, -2).topk(k, dim=-1).indices
+        nb = (b @ b.T).masked_fill(eye, -2).topk(k, dim=-1).indices
+        overlap = [len(set(x.tolist()) & set(y.tolist())) / k for x, y in zip(na, nb)]
+        agreement = sum(overlap) / len(overlap)
+    return FidelityReport(a.shape[0], float(cos.mean()), float(cos.min()), agreement)
