@@ -103,8 +103,9 @@ class OnnxTernaryLinear(nn.Module):
             index = torch.cat(picked, dim=-1)
             value = xf.gather(-1, index)
             rest = xf.scatter(-1, index, torch.zeros_like(value))
-        act_scale = rest.abs().amax(dim=-1, keepdim=True).clamp(min=_EPS) / QMAX
-        q = (torch.round(rest / act_scale).clamp(-QMAX, QMAX) + 128).to(torch.uint8)
+        absmax = rest.abs().amax(dim=-1, keepdim=True).clamp(min=_EPS)
+        q = (torch.round(rest * (absmax.new_full((), QMAX) / absmax)).clamp(-QMAX, QMAX) + 128).to(torch.uint8)
+        act_scale = absmax / QMAX
         if self.granularity == "per_group":
             y = None
             gs = self.group_size

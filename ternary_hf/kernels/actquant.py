@@ -4,8 +4,9 @@ the QAT forward, so that a distilled model is trained for exactly the numerics i
 `per_token_int8` with `n` outliers: in every token (last-dimension row) `x`
     O = the n entries of largest |x| (ties: lowest index first), kept in float32
     r = x with the entries in O set to 0
-    a = max(|r|) / 127            (float32, floored at `_EPS / 127`)
-    q = round_half_even(r / a)    in [-127, 127], int8 (0 on O)
+    m = max(max(|r|), _EPS)       (float32)
+    q = round_half_even(r * (127 / m))  in [-127, 127], int8 (0 on O)
+    a = m / 127                   the token's scale: r ~= q * a
 and a linear layer computes `(q @ codes^T) * weight_scale * a + bias + x[O] @ W[:, O]^T`.
 
 Per-token scales keep one token from crushing the resolution of all the others (a per-tensor 7-bit scale,
@@ -66,8 +67,10 @@ def quantize_per_token(x: torch.Tensor, outliers: int = 0) -> TokenQuant:
         index = torch.cat(picked, dim=-1)
         value = xf.gather(-1, index)
         rest = xf.scatter(-1, index, 0.0)
-    scale = rest.abs().amax(dim=-1, keepdim=True).clamp_min(_EPS) / QMAX
-    q = torch.round(rest / scale).clamp_(-QMAX, QMAX).to(torch.int8)
+    absmax = rest.abs().amax(dim=-1, keepdim=True).clamp_min(_EPS)
+    # a tensor numerator: `127 / t` would run as `t.reciprocal() * 127`, rounding differently from the kernels
+    q = torch.round(rest * (absmax.new_full((), QMAX) / absmax)).clamp_(-QMAX, QMAX).to(torch.int8)
+    scale = absmax / QMAX
     return TokenQuant(q, scale, index, value)
 
 
