@@ -12,9 +12,9 @@ and a linear layer computes `(q @ codes^T) * weight_scale * a + bias + x[O] @ W[
 Per-token scales keep one token from crushing the resolution of all the others (a per-tensor 7-bit scale,
 what FBGEMM's dynamic linear does, drifted distilled MiniLM embeddings to cosine 0.985). Outliers keep one
 channel from crushing the resolution of the rest of its token: BERT-family hidden states have a few
-channels 5-10x larger than the rest, and on a ternary MiniLM taking the single largest entry per token
-out of the int8 range brought the embeddings 10x closer to float activations (mean 1 - cosine 7.5e-4 ->
-8e-5 on gensim's Lee corpus; n=2: 5e-5), for two extra multiply-adds per output.
+channels 5-10x larger than the rest, and on a ternary all-MiniLM-L6-v2 keeping the single largest entry
+of each token in float brought the sentence embeddings ~9x closer to float activations (mean 1 - cosine
+3.5e-4 -> 4e-5; `benchmarks/cpu_speed.py`, numerics table), for one extra multiply-add per output.
 """
 
 from __future__ import annotations
