@@ -32,16 +32,20 @@ DEFAULT_OPSET = 17
 
 
 class _MatMulInteger(torch.autograd.Function):
-    """int8 `[..., K]` x int8 `[K, N]` -> int32, exported as ONNX MatMulInteger."""
+    """uint8 `[..., K]` (int8 value + 128) x int8 `[K, N]` -> int32, exported as ONNX MatMulInteger with
+    a_zero_point=128: the same product as int8 x int8, on ONNX Runtime's fast u8s8 path (its s8s8 path
+    measured 10x slower on an AVX-512 VNNI CPU)."""
 
     @staticmethod
-    def forward(ctx, q: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, q_u8: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        q = (q_u8.to(torch.int16) - 128).to(torch.int8)
         out = torch._int_mm(q.reshape(-1, q.shape[-1]), codes)
         return out.reshape(*q.shape[:-1], codes.shape[1])
 
     @staticmethod
-    def symbolic(g, q, codes):
-        return g.op("MatMulInteger", q, codes)
+    def symbolic(g, q_u8, codes):
+        zero_point = g.op("Constant", value_t=torch.tensor(128, dtype=torch.uint8))
+        return g.op("MatMulInteger", q_u8, codes, zero_point)
 
 
 class OnnxTernaryLinear(nn.Module):
@@ -99,8 +103,9 @@ class OnnxTernaryLinear(nn.Module):
             index = torch.cat(picked, dim=-1)
             value = xf.gather(-1, index)
             rest = xf.scatter(-1, index, torch.zeros_like(value))
-        act_scale = rest.abs().amax(dim=-1, keepdim=True).clamp(min=_EPS) / QMAX
-        q = torch.round(rest / act_scale).clamp(-QMAX, QMAX).to(torch.int8)
+        absmax = rest.abs().amax(dim=-1, keepdim=True).clamp(min=_EPS)
+        q = (torch.round(rest * (absmax.new_full((), QMAX) / absmax)).clamp(-QMAX, QMAX) + 128).to(torch.uint8)
+        act_scale = absmax / QMAX
         if self.granularity == "per_group":
             y = None
             gs = self.group_size

@@ -38,7 +38,7 @@ class CpuInt8Backend(Backend):
         x2 = x.reshape(-1, k)
         if x2.dtype != torch.float32 or not x2.is_contiguous():
             x2 = x2.float().contiguous()
-        tq = native.quantize_rows(x2, layer.activation_outliers)
+        tq = native.quantize_rows(x2, layer.activation_outliers, reuse_buffer=True)  # read by the GEMM only
         y = native.rescale_(torch._int_mm(tq.q, state.codes), tq, state.codes, state.scales[0], state.bias)
         return y.reshape(*x.shape[:-1], y.shape[-1]).to(x.dtype)
 

@@ -8,8 +8,9 @@ matrix, rescaled once; the float outliers of each token meet their weight column
 `P` can come from an int8 GEMM (`torch._int_mm`, int32 accumulation) or from a float32 matmul of the same
 integer values (exact too: every partial sum is an integer below 2**24 for in_features < 132,000). Every
 backend then performs the same float operations in the same order (each rounded on its own), so all agree
-bit for bit. That matters: activation rounding makes the network discontinuous, and on an un-distilled
-ternary MiniLM a 1e-7 difference between two ways of summing grew to cosine 0.9975 after six layers.
+bit for bit. That matters: activation rounding makes the network discontinuous (a 1e-7 difference can flip a
+rounding, and flips compound layer after layer), so backends that merely agree to float precision
+would drift apart visibly after six layers.
 For `per_group` weight scales the product runs once per input group and the groups are summed in order.
 """
 

@@ -42,34 +42,62 @@ C_SOURCE = r"""
 
 /* Per-token int8 quantization with `nout` float outliers (see actquant.py), bit-identical to the torch
    reference. Magnitudes are compared as the integer bit patterns of |x| (same order as the floats; it
-   vectorizes without fast-math); a picked outlier is marked -1 so it is never picked twice. */
+   vectorizes without fast-math). */
+static inline int32_t mag_max(const int32_t* bits, int64_t from, int64_t to) {
+    int32_t top = -1;
+    for (int64_t k = from; k < to; ++k) { int32_t v = bits[k] & 0x7fffffff; top = v > top ? v : top; }
+    return top;
+}
+
+/* the first (lowest) index whose magnitude is `value`: vectorized block maxima, then a short scan */
+static inline int64_t mag_find(const int32_t* bits, int64_t K, int32_t value) {
+    int64_t c = 0;
+    for (; c + 64 <= K; c += 64)
+        if (mag_max(bits, c, c + 64) == value) break;
+    for (int64_t j = c; j < K; ++j)
+        if ((bits[j] & 0x7fffffff) == value) return j;
+    return K;
+}
+
 void tq_quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* scale,
                       int64_t* oidx, float* oval, int nout, int nthreads) {
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && M * K >= 65536)
     {
-        int32_t* mag = (int32_t*)malloc(sizeof(int32_t) * (size_t)K);
+        int32_t* mag = nout > 1 ? (int32_t*)malloc(sizeof(int32_t) * (size_t)K) : NULL;
         #pragma omp for schedule(static)
         for (int64_t m = 0; m < M; ++m) {
             const float* xr = x + m * K;
             int8_t* qr = q + m * K;
             const int32_t* bits = (const int32_t*)xr;
-            int32_t top = -1;
-            for (int64_t k = 0; k < K; ++k) { int32_t v = bits[k] & 0x7fffffff; mag[k] = v; top = v > top ? v : top; }
-            for (int i = 0; i < nout; ++i) {
-                int64_t j = 0;
-                while (mag[j] != top) ++j;  /* first (lowest) index holding the maximum */
-                mag[j] = -1;
-                oidx[m * nout + i] = j;
-                oval[m * nout + i] = xr[j];
+            int32_t top;
+            if (nout == 0) {
+                top = mag_max(bits, 0, K);
+            } else if (nout == 1) {  /* no scratch copy: the maximum, then the maximum of the others */
+                int64_t j = mag_find(bits, K, mag_max(bits, 0, K));
+                oidx[m] = j;
+                oval[m] = xr[j];
+                int32_t left = mag_max(bits, 0, j), right = mag_max(bits, j + 1, K);
+                top = left > right ? left : right;
+            } else {  /* a picked outlier is marked -1 so it is never picked twice */
                 top = -1;
-                for (int64_t k = 0; k < K; ++k) top = mag[k] > top ? mag[k] : top;
+                for (int64_t k = 0; k < K; ++k) { int32_t v = bits[k] & 0x7fffffff; mag[k] = v; top = v > top ? v : top; }
+                for (int i = 0; i < nout; ++i) {
+                    int64_t j = 0;
+                    while (mag[j] != top) ++j;
+                    mag[j] = -1;
+                    oidx[m * nout + i] = j;
+                    oval[m * nout + i] = xr[j];
+                    top = -1;
+                    for (int64_t k = 0; k < K; ++k) top = mag[k] > top ? mag[k] : top;
+                }
             }
             float amax = 0.0f;
             if (top > 0) memcpy(&amax, &top, 4);
-            const float a = (amax > 1e-8f ? amax : 1e-8f) / 127.0f;
-            scale[m] = a;
+            const float mx = amax > 1e-8f ? amax : 1e-8f;
+            const float inv = 127.0f / mx;
+            scale[m] = mx / 127.0f;
             for (int64_t k = 0; k < K; ++k) {
-                float v = rintf(xr[k] / a);
+                float v = rintf(xr[k] * inv);
                 v = v > 127.0f ? 127.0f : v;
                 v = v < -127.0f ? -127.0f : v;
                 qr[k] = (int8_t)v;
@@ -199,12 +227,30 @@ def native_unavailable_reason() -> str | None:
     return _failure
 
 
-def quantize_rows(x: torch.Tensor, outliers: int) -> TokenQuant:
-    """`quantize_per_token` of a contiguous float32 `[M, K]` matrix, in one pass per row."""
+class _Scratch(threading.local):
+    buffer: torch.Tensor | None = None
+
+
+_scratch = _Scratch()
+
+
+def scratch_int8(numel: int) -> torch.Tensor:
+    """A per-thread int8 buffer of at least `numel` elements, reused across calls. Fresh large tensors come
+    from fresh pages (glibc serves them with mmap), and their page faults cost MiniLM ~10% of a 32 x 128
+    forward; the quantized activations never outlive the GEMM that reads them, so one buffer serves all."""
+    buf = _scratch.buffer
+    if buf is None or buf.numel() < numel:
+        buf = _scratch.buffer = torch.empty(numel, dtype=torch.int8)
+    return buf[:numel]
+
+
+def quantize_rows(x: torch.Tensor, outliers: int, reuse_buffer: bool = False) -> TokenQuant:
+    """`quantize_per_token` of a contiguous float32 `[M, K]` matrix, in one pass per row. With
+    `reuse_buffer`, `q` is a view of this thread's scratch buffer, valid until the next such call."""
     lib = native_lib()
     m, k = x.shape
     outliers = min(outliers, k)
-    q = torch.empty((m, k), dtype=torch.int8)
+    q = scratch_int8(m * k).view(m, k) if reuse_buffer else torch.empty((m, k), dtype=torch.int8)
     scale = torch.empty((m, 1), dtype=torch.float32)
     index = torch.empty((m, outliers), dtype=torch.int64) if outliers else None
     value = torch.empty((m, outliers), dtype=torch.float32) if outliers else None
