@@ -66,12 +66,13 @@ def _classify(name: str, is_packed: bool, is_scale: bool) -> str:
 
 
 def _from_model(model: nn.Module) -> Footprint:
+    """Bytes as `save_pretrained` would store them."""
     sizes = dict(packed_weights=0, scales=0, embeddings=0, other=0)
     fp32 = 0
     layers = dict(ternary_modules(model))
     seen: set[int] = set()
-    named = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
-    for name, t in named:
+    # The state dict is what gets saved: persistent buffers only, tied weights once.
+    for name, t in model.state_dict().items():
         if t.data_ptr() in seen and t.numel():
             continue
         seen.add(t.data_ptr())

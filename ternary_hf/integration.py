@@ -13,7 +13,7 @@ from transformers.quantizers.quantizers_utils import should_convert_module
 from .config import TernaryConfig
 from .layer import TernaryLinear
 from .packing import packed_rows
-from .ternarize import scale_shape
+from .ternarize import check_group_size, scale_shape
 
 
 @dataclass(frozen=True)
@@ -36,10 +36,16 @@ def read_checkpoint_index(checkpoint_files: list[str] | None) -> dict[str, Tenso
         if path.endswith(".safetensors"):
             from safetensors import safe_open
 
-            with safe_open(path, framework="pt") as f:
-                for key in f.keys():
-                    sl = f.get_slice(key)
-                    index[key] = TensorInfo(sl.get_dtype(), tuple(sl.get_shape()), path)
+            try:
+                with safe_open(path, framework="pt") as f:
+                    for key in f.keys():
+                        sl = f.get_slice(key)
+                        index[key] = TensorInfo(sl.get_dtype(), tuple(sl.get_shape()), path)
+            except Exception as e:  # safetensors raises its own error types for bad headers
+                raise ValueError(
+                    f"Cannot read checkpoint file {path}: {e}. The file is corrupt or truncated; "
+                    "re-download or re-save the model."
+                ) from e
         else:  # legacy pickle checkpoint: mmap so only the headers are touched
             state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
             for key, t in state.items():
@@ -48,17 +54,30 @@ def read_checkpoint_index(checkpoint_files: list[str] | None) -> dict[str, Tenso
     return index
 
 
-def checkpoint_key(module_name: str, suffix: str, index: dict[str, TensorInfo], base_model_prefix: str) -> str | None:
-    """The checkpoint key holding `module_name.suffix`, allowing for the base-model prefix being present in
-    the checkpoint but not the model (loading a BertModel from a BertFor* checkpoint) or the reverse."""
-    candidates = [f"{module_name}.{suffix}"]
-    if base_model_prefix:
-        prefix = base_model_prefix + "."
-        if module_name.startswith(prefix):
-            candidates.append(f"{module_name[len(prefix):]}.{suffix}")
-        else:
-            candidates.append(f"{prefix}{module_name}.{suffix}")
-    return next((c for c in candidates if c in index), None)
+def index_by_module(model: nn.Module, index: dict[str, TensorInfo]) -> dict[str, dict[str, TensorInfo]]:
+    """Group checkpoint tensors by the *model's* module name: `{module: {"weight": info, "weight_scale": info}}`.
+
+    Checkpoint keys are mapped to model keys with transformers' own renaming rules (legacy layouts such as
+    ViT's `attention.attention.query` -> `attention.q_proj`, and the base-model prefix being present in the
+    checkpoint but not the model or the reverse), so the selection matches what the loader will do.
+    """
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+
+    mapping = get_model_conversion_mapping(model, None, None)
+    renamings = [m for m in mapping if isinstance(m, WeightRenaming)]
+    converters = [m for m in mapping if isinstance(m, WeightConverter)]
+    meta_state = model.state_dict()
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    by_module: dict[str, dict[str, TensorInfo]] = {}
+    for key, info in index.items():
+        for suffix in ("weight", "weight_scale"):
+            if key.endswith("." + suffix):
+                # Rename through the `.weight` key: that is the name the model's state dict knows.
+                ckpt_module = key[: -len(suffix) - 1]
+                renamed, _ = rename_source_key(ckpt_module + ".weight", renamings, converters, prefix, meta_state)
+                by_module.setdefault(renamed[: -len(".weight")], {})[suffix] = info
+    return by_module
 
 
 def _tied_or_output_modules(model: nn.Module) -> set[str]:
@@ -78,7 +97,7 @@ def _tied_or_output_modules(model: nn.Module) -> set[str]:
 def select_linear_modules(
     model: nn.Module,
     config: TernaryConfig,
-    index: dict[str, TensorInfo] | None,
+    by_module: dict[str, dict[str, TensorInfo]] | None,
     pre_quantized: bool,
 ) -> list[str]:
     """Names of the `nn.Linear` modules to replace.
@@ -86,7 +105,6 @@ def select_linear_modules(
     From a full-precision checkpoint: every Linear whose weight is in the checkpoint (new heads stay
     `nn.Linear` and get initialised normally). From a packed checkpoint: every Linear stored packed (uint8).
     """
-    base_prefix = getattr(model, "base_model_prefix", "") or ""
     skip = set(config.modules_to_not_convert or [])
     keep_fp = set(getattr(model, "_keep_in_fp32_modules", None) or [])
     never = _tied_or_output_modules(model)
@@ -96,12 +114,11 @@ def select_linear_modules(
             continue
         if not should_convert_module(name, sorted(skip | keep_fp)):
             continue
-        if index is not None:
-            key = checkpoint_key(name, "weight", index, base_prefix)
-            if key is None:
+        if by_module is not None:
+            stored = by_module.get(name, {}).get("weight")
+            if stored is None:
                 continue
-            is_packed = index[key].dtype == "U8"
-            if is_packed != pre_quantized:
+            if (stored.dtype == "U8") != pre_quantized:
                 continue
         selected.append(name)
     return selected
@@ -113,6 +130,8 @@ def replace_linear_modules(model: nn.Module, names: list[str], config: TernaryCo
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         linear = getattr(parent, child)
+        if config.granularity == "per_group":
+            check_group_size(linear.in_features, config.group_size, name)
         layer = TernaryLinear(
             linear.in_features,
             linear.out_features,
@@ -127,9 +146,8 @@ def replace_linear_modules(model: nn.Module, names: list[str], config: TernaryCo
         setattr(parent, child, layer)
 
 
-def check_packed_shapes(model: nn.Module, index: dict[str, TensorInfo], names: list[str]) -> None:
+def check_packed_shapes(model: nn.Module, by_module: dict[str, dict[str, TensorInfo]], names: list[str]) -> None:
     """Before any tensor is read: every packed tensor must have the shape the model's config implies."""
-    base_prefix = getattr(model, "base_model_prefix", "") or ""
     for name in names:
         layer = model.get_submodule(name)
         expected = {
@@ -137,15 +155,15 @@ def check_packed_shapes(model: nn.Module, index: dict[str, TensorInfo], names: l
             "weight_scale": scale_shape(layer.out_features, layer.in_features, layer.granularity, layer.group_size),
         }
         for suffix, shape in expected.items():
-            key = checkpoint_key(name, suffix, index, base_prefix)
-            if key is None:
+            info = by_module.get(name, {}).get(suffix)
+            if info is None:
                 raise ValueError(
                     f"Packed checkpoint is missing tensor '{name}.{suffix}' (expected shape {shape}); "
                     "the checkpoint is incomplete or was not written by ternary-hf."
                 )
-            if index[key].shape != tuple(shape):
+            if info.shape != tuple(shape):
                 raise ValueError(
-                    f"Packed checkpoint tensor '{key}' in {index[key].file} has shape {index[key].shape}, but the "
+                    f"Packed checkpoint tensor '{name}.{suffix}' in {info.file} has shape {info.shape}, but the "
                     f"model config implies {tuple(shape)} (in_features={layer.in_features}, "
                     f"out_features={layer.out_features}, granularity={layer.granularity}); the checkpoint and its "
                     "config.json disagree."

@@ -4,6 +4,7 @@ The math lives in `ternarize.py` / `packing.py`, the model surgery in `integrati
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ from .config import LOADER_HINT, QUANT_METHOD, TernaryConfig
 from .integration import (
     check_packed_shapes,
     dequantize_modules,
+    index_by_module,
     read_checkpoint_index,
     replace_linear_modules,
     select_linear_modules,
@@ -26,6 +28,9 @@ from .layer import TernaryLinear
 
 # safetensors metadata key holding per-layer shapes (used by `footprint` on a bare path).
 METADATA_KEY = "ternary_hf"
+# An empty tensor saved in every packed checkpoint. Loaded without the plugin, transformers lists it in its
+# load report (UNEXPECTED) right above the confusing shape-mismatch lines, so the fix is on screen.
+HINT_KEY = "TERNARY_HF_CHECKPOINT.pip_install_ternary-hf.then_import_ternary_hf_before_from_pretrained"
 
 
 class TernaryQuantize(ConversionOps):
@@ -60,8 +65,9 @@ class TernaryHfQuantizer(HfQuantizer):
 
     def _process_model_before_weight_loading(self, model, dtype=None, checkpoint_files=None, **kwargs):
         index = read_checkpoint_index(checkpoint_files)
+        by_module = index_by_module(model, index) if index is not None else None
         config = self.quantization_config
-        names = select_linear_modules(model, config, index, pre_quantized=self.pre_quantized)
+        names = select_linear_modules(model, config, by_module, pre_quantized=self.pre_quantized)
         if not names:
             where = "stored packed in the checkpoint" if self.pre_quantized else "with weights in the checkpoint"
             raise ValueError(
@@ -72,8 +78,10 @@ class TernaryHfQuantizer(HfQuantizer):
         if self.pre_quantized and config.mode != "inference":
             config.mode = "inference"  # a packed checkpoint can only be loaded packed
         replace_linear_modules(model, names, config, dtype)
-        if self.pre_quantized and index is not None:
-            check_packed_shapes(model, index, names)
+        ignored = set(model._keys_to_ignore_on_load_unexpected or ())
+        model._keys_to_ignore_on_load_unexpected = ignored | {re.escape(HINT_KEY)}
+        if self.pre_quantized and by_module is not None:
+            check_packed_shapes(model, by_module, names)
         self.converted_modules = names
         return model
 
@@ -98,6 +106,7 @@ class TernaryHfQuantizer(HfQuantizer):
                 for suffix, tensor in layer.packed_state().items():
                     state[f"{name}.{suffix}"] = tensor
             shapes[name] = [layer.out_features, layer.in_features]
+        state[HINT_KEY] = torch.zeros(0, dtype=torch.uint8)
         metadata = {
             METADATA_KEY: json.dumps({"version": __version__, "shapes": shapes}),
             "ternary_hf_loader_hint": LOADER_HINT,

@@ -30,7 +30,7 @@ def scale_shape(out_features: int, in_features: int, granularity: str, group_siz
 def check_group_size(in_features: int, group_size: int, name: str = "layer") -> None:
     if in_features % group_size:
         raise ValueError(
-            f"{name}: in_features={in_features} is not divisible by TernaryConfig.group_size={group_size}; "
+            f"Layer '{name}': in_features={in_features} is not divisible by TernaryConfig.group_size={group_size}; "
             "pick a group_size that divides it, or use granularity='per_channel'."
         )
 

@@ -1,0 +1,1 @@
+"""Subcommands of the `ternary-hf` CLI; each module exposes `register(subparsers)`."""

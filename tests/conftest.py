@@ -1,0 +1,42 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+def tiny_bert_config(**overrides):
+    from transformers import BertConfig
+
+    kw = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=66,
+              vocab_size=120, max_position_embeddings=64)
+    kw.update(overrides)
+    return BertConfig(**kw)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    """A random full-precision BertModel saved to disk (intermediate_size=66: not divisible by 4)."""
+    from transformers import BertModel
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny_bert")
+    BertModel(tiny_bert_config()).eval().save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def minilm_path():
+    from ternary_hf.defaults import default_model_path
+
+    return default_model_path()
+
+
+@pytest.fixture(scope="session")
+def sentences():
+    from ternary_hf.defaults import sample_sentences
+
+    return sample_sentences(64)
