@@ -101,7 +101,8 @@ class DistillationArguments:
         default=None,
         metadata={"help": "Train for this much wall time: the learning rate warms up over `warmup_steps` then "
                   "follows a cosine decay over the *time* budget, and training stops when it is spent (set "
-                  "max_steps high). Wall time is measured by rank 0 and shared with the other ranks."},
+                  "max_steps high). Wall time is measured by rank 0 and shared with the other ranks. 0 or unset: "
+                  "no budget (the TrainingArguments schedule over max_steps)."},
     )
     freeze_embeddings: bool = field(
         default=False,
@@ -117,8 +118,13 @@ class DistillationArguments:
         for name in ("max_length", "long_document_tokens"):
             if getattr(self, name) < 2:
                 raise ValueError(f"DistillationArguments.{name} must be >= 2, got {getattr(self, name)}.")
-        if self.time_budget_minutes is not None and self.time_budget_minutes <= 0:
-            raise ValueError(f"DistillationArguments.time_budget_minutes must be > 0, got {self.time_budget_minutes}.")
+        if self.time_budget_minutes is not None:
+            if self.time_budget_minutes < 0:
+                raise ValueError(
+                    f"DistillationArguments.time_budget_minutes must be >= 0, got {self.time_budget_minutes}."
+                )
+            if self.time_budget_minutes == 0:  # 0 = no budget: the TrainingArguments schedule over max_steps
+                self.time_budget_minutes = None
         for name in ("long_documents", "quant_warmup_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"DistillationArguments.{name} must be >= 0, got {getattr(self, name)}.")
