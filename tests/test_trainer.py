@@ -270,20 +270,21 @@ def test_minilm_real_loss_decreases_and_saves_sentence_transformer(minilm_path, 
 
     from ternary_hf.data.wordnet import distillation_texts
 
-    texts = distillation_texts()[:20 * 16]
+    texts = distillation_texts()[:12 * 16]
     student = AutoModel.from_pretrained(minilm_path, quantization_config=ternary_hf.TernaryConfig(mode="qat"))
-    args = training_args(str(tmp_path / "o"), max_steps=20, per_device_train_batch_size=16, learning_rate=5e-4,
+    args = training_args(str(tmp_path / "o"), max_steps=12, per_device_train_batch_size=16, learning_rate=5e-4,
                          warmup_steps=2, lr_scheduler_type="constant_with_warmup")
     trainer = TernaryDistillationTrainer(model=student, args=args, train_dataset=texts,
                                          distillation_args=DistillationArguments(max_length=32))
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+    assert sum(losses[-4:]) / 4 < 0.8 * sum(losses[:4]) / 4
     trainer.save_model(str(tmp_path / "st"))
     fp = SentenceTransformer(minilm_path, device="cpu")
     ptq = SentenceTransformer(minilm_path, device="cpu",
                               model_kwargs={"quantization_config": ternary_hf.TernaryConfig()})
     distilled = SentenceTransformer(str(tmp_path / "st"), device="cpu")
+    sentences = sentences[:32]
     ref = fp.encode(sentences, convert_to_tensor=True)
 
     def fidelity(model):
