@@ -91,18 +91,36 @@ class TernaryLinear(nn.Module):
         codes, scale = ternarize(weight, self.rule, self.granularity, self.group_size)
         return pack_codes(codes), scale
 
+    @property
+    def has_learned_scale(self) -> bool:
+        """QAT with a trainable scale (see `enable_learned_scale`)."""
+        return not self.is_packed and isinstance(getattr(self, "weight_scale", None), nn.Parameter)
+
+    @torch.no_grad()
+    def enable_learned_scale(self) -> nn.Parameter:
+        """QAT only: make the scale a trainable parameter `weight_scale`, initialised with the rule's scale of
+        the current latent weight; the rule then only picks the codes. Idempotent. (Not created at load time:
+        a checkpoint has no such tensor, and transformers would leave a missing parameter uninitialised.)"""
+        if self.is_packed:
+            raise ValueError("enable_learned_scale needs a QAT layer (TernaryConfig(mode='qat')); this one is packed.")
+        if not self.has_learned_scale:
+            _, scale = ternarize(self.weight, self.rule, self.granularity, self.group_size)
+            self.weight_scale = nn.Parameter(scale.to(self.weight.dtype))
+        return self.weight_scale
+
     def codes_and_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The ternary codes (int8 [out, in]) and scale, from the buffers or the latent weight."""
         if self.is_packed:
             return unpack_codes(self.weight, self.out_features), self.weight_scale
-        return ternarize(self.weight, self.rule, self.granularity, self.group_size)
+        codes, scale = ternarize(self.weight, self.rule, self.granularity, self.group_size)
+        return (codes, self.weight_scale.detach()) if self.has_learned_scale else (codes, scale)
 
     def packed_state(self) -> dict[str, torch.Tensor]:
         """`{"weight": packed, "weight_scale": scale}` as saved on disk, in either mode."""
         if self.is_packed:
             return {"weight": self.weight, "weight_scale": self.weight_scale}
-        packed, scale = self.quantize_weight(self.weight)
-        return {"weight": packed, "weight_scale": scale.to(self.weight.dtype)}
+        codes, scale = self.codes_and_scale()
+        return {"weight": pack_codes(codes), "weight_scale": scale.to(self.weight.dtype)}
 
     def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Dense `codes * scale` weight `[out, in]` (what the layer computes with)."""
@@ -116,8 +134,11 @@ class TernaryLinear(nn.Module):
         if self.is_packed:
             return self
         latent = self.weight
-        packed, scale = self.quantize_weight(latent)
+        codes, scale = self.codes_and_scale()
+        packed = pack_codes(codes)
         del self.weight
+        if self.has_learned_scale:
+            del self.weight_scale
         self.mode = "inference"
         self.register_buffer("weight", packed)
         self.register_buffer("weight_scale", scale.to(latent.dtype))
@@ -126,6 +147,12 @@ class TernaryLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_packed:
             weight = self.dequantized_weight(x.dtype)
+        elif self.has_learned_scale:
+            # STE for the latent weight (identity gradient), true gradient for the learned scale
+            w, s = self.weight, self.quant_strength
+            codes, _ = ternarize(w, self.rule, self.granularity, self.group_size)
+            target = dequantize(codes, self.weight_scale, self.granularity, dtype=w.dtype)
+            weight = w + s * (target - target.detach()) + (s * (target.detach() - w)).detach()
         else:
             weight = fake_ternarize(self.weight, self.rule, self.granularity, self.group_size, self.quant_strength)
         return F.linear(x, weight, self.bias)
@@ -134,4 +161,5 @@ class TernaryLinear(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
             f"granularity={self.granularity}, rule={self.rule}, mode={self.mode}"
+            + (", learned_scale=True" if self.has_learned_scale else "")
         )

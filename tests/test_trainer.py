@@ -165,6 +165,24 @@ def test_distillation_trains_logs_terms_and_saves_packed(tiny_dir, tmp_path):
     assert torch.equal(layer.codes_and_scale()[0], codes)
 
 
+def test_learned_scales_train_and_are_what_is_saved(tiny_dir, tmp_path):
+    from transformers import AutoModel
+
+    student = qat_student(tiny_dir)
+    trainer = TernaryDistillationTrainer(model=student, args=training_args(str(tmp_path / "o"), max_steps=3),
+                                         train_dataset=TEXTS, distillation_args=DistillationArguments(learn_scales=True))
+    layer = student.get_submodule("encoder.layer.0.output.dense")
+    initial = layer.weight_scale.detach().clone()
+    rule_scale = layer.codes_and_scale()[1].clone()
+    trainer.train()
+    assert not torch.equal(layer.weight_scale.detach(), initial)  # the scale is trained directly
+    torch.testing.assert_close(initial, rule_scale)  # ... starting from the rule's scale
+    trainer.save_model(str(tmp_path / "final"))
+    packed = AutoModel.from_pretrained(tmp_path / "final").get_submodule("encoder.layer.0.output.dense")
+    torch.testing.assert_close(packed.weight_scale, layer.weight_scale.detach())
+    assert torch.equal(packed.codes_and_scale()[0], layer.codes_and_scale()[0])
+
+
 def test_teacher_cache_skips_teacher_in_later_epochs(tiny_dir, tmp_path):
     texts = TEXTS[:16]
     calls = []
@@ -199,11 +217,12 @@ def test_time_budget_stops_training_and_decays_lr(tiny_dir, tmp_path, monkeypatc
     assert lrs == pytest.approx(expected)
 
 
-def _run(tiny_dir, out, max_steps, resume=None, crash_at_save=None):
+def _run(tiny_dir, out, max_steps, resume=None, crash_at_save=None, learn_scales=False):
     student = qat_student(tiny_dir)
     args = training_args(out, max_steps=max_steps, save_strategy="steps", save_steps=3, save_total_limit=1,
                          logging_steps=100, train_sampling_strategy="group_by_length")
-    trainer = TernaryDistillationTrainer(model=student, args=args, train_dataset=TEXTS)
+    trainer = TernaryDistillationTrainer(model=student, args=args, train_dataset=TEXTS,
+                                         distillation_args=DistillationArguments(learn_scales=learn_scales))
     if crash_at_save is not None:
         original = trainer._save_latent
 
@@ -217,18 +236,20 @@ def _run(tiny_dir, out, max_steps, resume=None, crash_at_save=None):
     return student
 
 
-def test_interrupted_and_resumed_matches_uninterrupted(tiny_dir, tmp_path):
-    reference = _latent(_run(tiny_dir, str(tmp_path / "a"), max_steps=8))
+@pytest.mark.parametrize("learn_scales", [False, True])
+def test_interrupted_and_resumed_matches_uninterrupted(tiny_dir, tmp_path, learn_scales):
+    reference = _latent(_run(tiny_dir, str(tmp_path / "a"), max_steps=8, learn_scales=learn_scales))
     out = str(tmp_path / "b")
     with pytest.raises(KeyboardInterrupt):
-        _run(tiny_dir, out, max_steps=8, crash_at_save=6)
+        _run(tiny_dir, out, max_steps=8, crash_at_save=6, learn_scales=learn_scales)
     assert sorted(os.listdir(out)) == ["checkpoint-3", "checkpoint-6"]  # rotation waits for a complete save
     assert last_complete_checkpoint(out).endswith("checkpoint-3")
     assert not os.path.exists(os.path.join(out, "checkpoint-6", CHECKPOINT_MARKER_NAME))
     with pytest.raises(ValueError, match="not a complete ternary-hf checkpoint.*checkpoint-3"):
-        _run(tiny_dir, out, max_steps=8, resume=os.path.join(out, "checkpoint-6"))
-    resumed = _latent(_run(tiny_dir, out, max_steps=8, resume=True))
+        _run(tiny_dir, out, max_steps=8, resume=os.path.join(out, "checkpoint-6"), learn_scales=learn_scales)
+    resumed = _latent(_run(tiny_dir, out, max_steps=8, resume=True, learn_scales=learn_scales))
     assert reference.keys() == resumed.keys()
+    assert ("encoder.layer.0.attention.self.query.weight_scale" in resumed) == learn_scales
     for key in reference:
         torch.testing.assert_close(resumed[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
     final_ckpt = os.path.join(out, "checkpoint-8")

@@ -97,6 +97,11 @@ class DistillationArguments:
         metadata={"help": "Set the student's dropout to 0: the student should reproduce the teacher's "
                   "(eval-mode) function, not a noisy version of it."},
     )
+    learn_scales: bool = field(
+        default=False,
+        metadata={"help": "Train each ternary layer's scale (per row / group) as a parameter, initialised from "
+                  "the rule's scale; the rule still picks the codes. Same checkpoint format."},
+    )
     time_budget_minutes: float | None = field(
         default=None,
         metadata={"help": "Train for this much wall time: the learning rate warms up over `warmup_steps` then "
@@ -239,6 +244,10 @@ class TernaryDistillationTrainer(Trainer):
             for m in model.modules():
                 if isinstance(m, nn.Dropout):
                     m.p = 0.0
+        if dargs.learn_scales:
+            for _, layer in ternary_modules(model):
+                if layer.mode == "qat":
+                    layer.enable_learned_scale()
         if dargs.freeze_embeddings:
             base_model_of(model).get_input_embeddings().requires_grad_(False)
         self._term_sums: dict[str, float] = {}
