@@ -83,7 +83,7 @@ def _from_model(model: nn.Module) -> Footprint:
             if leaf == "weight":
                 sizes["packed_weights"] += packed_rows(layer.out_features) * layer.in_features
                 fp32 += layer.out_features * layer.in_features * 4
-                if not layer.is_packed:  # QAT: the scale is computed, count what would be stored
+                if not layer.is_packed and not layer.has_learned_scale:  # QAT: the scale is computed on save
                     sizes["scales"] += layer.packed_state()["weight_scale"].numel() * t.element_size()
             else:
                 sizes["scales"] += t.numel() * t.element_size()

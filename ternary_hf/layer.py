@@ -102,18 +102,36 @@ class TernaryLinear(nn.Module):
         codes, scale = ternarize(weight, self.rule, self.granularity, self.group_size)
         return pack_codes(codes), scale
 
+    @property
+    def has_learned_scale(self) -> bool:
+        """QAT with a trainable scale (see `enable_learned_scale`)."""
+        return not self.is_packed and isinstance(getattr(self, "weight_scale", None), nn.Parameter)
+
+    @torch.no_grad()
+    def enable_learned_scale(self) -> nn.Parameter:
+        """QAT only: make the scale a trainable parameter `weight_scale`, initialised with the rule's scale of
+        the current latent weight; the rule then only picks the codes. Idempotent. (Not created at load time:
+        a checkpoint has no such tensor, and transformers would leave a missing parameter uninitialised.)"""
+        if self.is_packed:
+            raise ValueError("enable_learned_scale needs a QAT layer (TernaryConfig(mode='qat')); this one is packed.")
+        if not self.has_learned_scale:
+            _, scale = ternarize(self.weight, self.rule, self.granularity, self.group_size)
+            self.weight_scale = nn.Parameter(scale.to(self.weight.dtype))
+        return self.weight_scale
+
     def codes_and_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The ternary codes (int8 [out, in]) and scale, from the buffers or the latent weight."""
         if self.is_packed:
             return unpack_codes(self.weight, self.out_features), self.weight_scale
-        return ternarize(self.weight, self.rule, self.granularity, self.group_size)
+        codes, scale = ternarize(self.weight, self.rule, self.granularity, self.group_size)
+        return (codes, self.weight_scale.detach()) if self.has_learned_scale else (codes, scale)
 
     def packed_state(self) -> dict[str, torch.Tensor]:
         """`{"weight": packed, "weight_scale": scale}` as saved on disk, in either mode."""
         if self.is_packed:
             return {"weight": self.weight, "weight_scale": self.weight_scale}
-        packed, scale = self.quantize_weight(self.weight)
-        return {"weight": packed, "weight_scale": scale.to(self.weight.dtype)}
+        codes, scale = self.codes_and_scale()
+        return {"weight": pack_codes(codes), "weight_scale": scale.to(self.weight.dtype)}
 
     def stored_shapes(self) -> dict[str, tuple[int, ...]]:
         """Shapes of the tensors a saved checkpoint holds for this layer."""
@@ -131,8 +149,11 @@ class TernaryLinear(nn.Module):
         if self.is_packed:
             return self
         latent = self.weight
-        packed, scale = self.quantize_weight(latent)
+        codes, scale = self.codes_and_scale()
+        packed = pack_codes(codes)
         del self.weight
+        if self.has_learned_scale:
+            del self.weight_scale
         self.mode = "inference"
         self.register_buffer("weight", packed)
         self.register_buffer("weight_scale", scale.to(latent.dtype))
@@ -141,7 +162,14 @@ class TernaryLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_packed:
             return ternary_linear(self, x)
-        weight = fake_ternarize(self.weight, self.rule, self.granularity, self.group_size, self.quant_strength)
+        if self.has_learned_scale:
+            # STE for the latent weight (identity gradient), true gradient for the learned scale
+            w, s = self.weight, self.quant_strength
+            codes, _ = ternarize(w, self.rule, self.granularity, self.group_size)
+            target = dequantize(codes, self.weight_scale, self.granularity, dtype=w.dtype)
+            weight = w + s * (target - target.detach()) + (s * (target.detach() - w)).detach()
+        else:
+            weight = fake_ternarize(self.weight, self.rule, self.granularity, self.group_size, self.quant_strength)
         x = fake_quantize_activations(x, self.activation_quant, self.activation_outliers, self.quant_strength)
         return F.linear(x, weight, self.bias)
 
@@ -151,4 +179,5 @@ class TernaryLinear(nn.Module):
             f"granularity={self.granularity}, rule={self.rule}, mode={self.mode}, "
             f"activation_quant={self.activation_quant}, activation_outliers={self.activation_outliers}, "
             f"backend={self.backend}"
+            + (", learned_scale=True" if self.has_learned_scale else "")
         )

@@ -141,6 +141,13 @@ def clear_kernel_cache(module: torch.nn.Module) -> None:
 
 def ternary_linear(layer, x: torch.Tensor) -> torch.Tensor:
     """Forward of a packed `TernaryLinear` through the selected backend."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        # Training through a frozen ternary layer (e.g. PEFT adapters upstream): the kernels are not
+        # differentiable, so compute the same numerics plainly, with straight-through activation rounding.
+        from .actquant import fake_quantize_activations
+
+        x = fake_quantize_activations(x, layer.activation_quant, layer.activation_outliers)
+        return torch.nn.functional.linear(x, layer.dequantized_weight(x.dtype), layer.bias)
     backend = resolve_backend(layer, x)
     state = kernel_state(layer, backend, x.device, x.dtype)
     return backend.forward(layer, state, x)

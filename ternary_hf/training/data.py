@@ -1,0 +1,177 @@
+"""Distillation text data: load texts from a `datasets.Dataset`, a list, or text/jsonl/csv files;
+tokenise them once; synthesise long documents; collate batches with dynamic padding.
+
+Length bucketing is done by transformers' own `LengthGroupedSampler`
+(`TrainingArguments(train_sampling_strategy="group_by_length")`) from the `length` column written
+here: batches of similar lengths cost the tokens they hold instead of the longest text's padding.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+TEXT_COLUMN = "text"
+ID_COLUMN = "example_id"
+LENGTH_COLUMN = "length"
+# Column names tried, in order, when none is given: single texts, then pairs / triplets, whose every
+# side is distilled as a separate text (distillation needs no labels).
+SINGLE_COLUMNS = ("text", "sentence", "content", "document", "passage")
+MULTI_COLUMNS = (
+    ("anchor", "positive", "negative"),
+    ("anchor", "positive"),
+    ("sentence1", "sentence2"),
+    ("premise", "hypothesis"),
+    ("query", "positive"),
+    ("question", "answer"),
+)
+_FILE_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv"}
+
+
+def _load_files(paths: Sequence[str]) -> Any:
+    import datasets
+
+    kinds = set()
+    for path in paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"distillation data file {path} does not exist.")
+        ext = os.path.splitext(path)[1].lower()
+        if ext not in _FILE_BUILDERS:
+            raise ValueError(
+                f"{path}: unsupported file type {ext!r}; use .txt (one text per line), .jsonl/.json or .csv/.tsv."
+            )
+        kinds.add(_FILE_BUILDERS[ext])
+    if len(kinds) > 1:
+        raise ValueError(f"distillation data files mix formats ({', '.join(sorted(kinds))}); use one format.")
+    kind = kinds.pop()
+    kwargs: dict[str, Any] = {}
+    if kind == "csv" and all(p.lower().endswith(".tsv") for p in paths):
+        kwargs["delimiter"] = "\t"
+    return datasets.load_dataset(kind, data_files=list(paths), split="train", **kwargs)
+
+
+def _resolve_columns(column_names: list[str], text_column: str | Sequence[str] | None) -> list[str]:
+    if text_column is not None:
+        wanted = [text_column] if isinstance(text_column, str) else list(text_column)
+        wanted = [c.strip() for w in wanted for c in w.split(",") if c.strip()]
+        missing = [c for c in wanted if c not in column_names]
+        if missing:
+            raise ValueError(
+                f"text column(s) {missing} not in the dataset; its columns are {column_names}. "
+                "Set text_column to one of them (or a comma-separated list for pairs)."
+            )
+        return wanted
+    for name in SINGLE_COLUMNS:
+        if name in column_names:
+            return [name]
+    for names in MULTI_COLUMNS:
+        if all(n in column_names for n in names):
+            return list(names)
+    raise ValueError(
+        f"no text column found in the dataset (columns: {column_names}); expected one of {list(SINGLE_COLUMNS)} "
+        "or a pair such as sentence1/sentence2. Set text_column=<name> (or 'a,b' for pairs)."
+    )
+
+
+def load_texts(source: Any, text_column: str | Sequence[str] | None = None) -> Any:
+    """A `datasets.Dataset` with one string column `text` from any supported source.
+
+    Args:
+        source: a `datasets.Dataset` / `DatasetDict` (its `train` split), a list of strings (the texts), or
+            a path (str or `os.PathLike`) / list of `os.PathLike` paths to `.txt` (one text per line), `.jsonl`/`.json` or `.csv`/`.tsv` files.
+        text_column: the column(s) holding text; a list (or "a,b") for pairs, each side becoming its own
+            text. Default: the first of `text`, `sentence`, ... or a known pair (`sentence1`/`sentence2`, ...).
+
+    Raises:
+        ValueError: empty data, no text column, or a non-string / empty value (the row is named).
+    """
+    import datasets
+
+    if isinstance(source, datasets.DatasetDict):
+        if "train" not in source:
+            raise ValueError(f"DatasetDict has no 'train' split (splits: {list(source)}); pass the split to use.")
+        source = source["train"]
+    if isinstance(source, (str, os.PathLike)):
+        source = _load_files([os.fspath(source)])
+    elif isinstance(source, (list, tuple)) and source and all(isinstance(s, os.PathLike) for s in source):
+        source = _load_files([os.fspath(s) for s in source])
+    elif isinstance(source, (list, tuple)):
+        if not all(isinstance(s, str) for s in source):
+            bad = next(i for i, s in enumerate(source) if not isinstance(s, str))
+            raise ValueError(f"distillation texts must be strings; item {bad} is {type(source[bad]).__name__}.")
+        source = datasets.Dataset.from_dict({TEXT_COLUMN: list(source)})
+    if not isinstance(source, datasets.Dataset):
+        raise TypeError(
+            f"unsupported distillation data {type(source).__name__}: pass a datasets.Dataset, a list of strings, "
+            "or .txt/.jsonl/.csv file path(s)."
+        )
+    if len(source) == 0:
+        raise ValueError("the distillation dataset is empty: there is nothing to distil on.")
+    columns = _resolve_columns(source.column_names, text_column)
+    texts: list[str] = []
+    for column in columns:
+        for row, value in enumerate(source[column]):
+            if not isinstance(value, str):
+                raise ValueError(f"column {column!r} row {row}: expected a string, got {type(value).__name__}.")
+            if value.strip():
+                texts.append(value)
+    if not texts:
+        raise ValueError(f"the distillation dataset has no non-empty text in column(s) {columns}.")
+    return datasets.Dataset.from_dict({TEXT_COLUMN: texts})
+
+
+def synthesize_long_documents(
+    texts: Sequence[str], tokenizer: Any, n_docs: int, target_tokens: int = 200, seed: int = 0
+) -> list[str]:
+    """`n_docs` documents of about `target_tokens` tokens, each joining randomly drawn `texts` into one
+    passage, so a student trained on short texts also sees (and matches the teacher on) long inputs."""
+    if n_docs <= 0:
+        return []
+    rng = random.Random(seed)
+    pool = list(texts)
+    counts = [len(ids) - 2 for ids in tokenizer(pool[: min(len(pool), 2000)], add_special_tokens=True)["input_ids"]]
+    mean_tokens = max(1.0, sum(counts) / max(1, len(counts)))
+    per_doc = max(2, round(target_tokens / mean_tokens))
+    docs = []
+    for _ in range(n_docs):
+        parts = [rng.choice(pool).strip().rstrip(".") for _ in range(per_doc)]
+        docs.append(". ".join(p[:1].upper() + p[1:] for p in parts) + ".")
+    return docs
+
+
+def tokenize_texts(dataset: Any, tokenizer: Any, max_length: int, num_proc: int | None = None) -> Any:
+    """Tokenise the `text` column (no padding, truncation at `max_length`); add `length` (for length
+    bucketing) and `example_id` (the row index, for the teacher-output cache)."""
+    if TEXT_COLUMN not in dataset.column_names:
+        raise ValueError(f"tokenize_texts expects a {TEXT_COLUMN!r} column; got {dataset.column_names}.")
+
+    def encode(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        enc = tokenizer(batch[TEXT_COLUMN], truncation=True, max_length=max_length)
+        enc[LENGTH_COLUMN] = [len(ids) for ids in enc["input_ids"]]
+        enc[ID_COLUMN] = list(indices)
+        return dict(enc)
+
+    return dataset.map(encode, batched=True, with_indices=True, remove_columns=dataset.column_names,
+                       num_proc=num_proc, desc="Tokenizing distillation texts")
+
+
+@dataclass
+class DistillationCollator:
+    """Pads a list of tokenised examples to the longest in the batch; keeps `example_id`."""
+
+    tokenizer: Any
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        ids = [f[ID_COLUMN] for f in features] if ID_COLUMN in features[0] else None
+        model_inputs = [{k: v for k, v in f.items() if k not in (ID_COLUMN, LENGTH_COLUMN)} for f in features]
+        batch = dict(self.tokenizer.pad(model_inputs, padding=True, pad_to_multiple_of=self.pad_to_multiple_of,
+                                        return_tensors="pt"))
+        if ids is not None:
+            batch[ID_COLUMN] = torch.tensor(ids, dtype=torch.long)
+        return batch

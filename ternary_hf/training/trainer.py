@@ -1,0 +1,609 @@
+"""`TernaryDistillationTrainer`: self-distillation of a ternary (QAT) student from its own
+full-precision copy, as a `transformers.Trainer`.
+
+Checkpoints: `save_pretrained` of a QAT model writes the *packed* ternary checkpoint, which cannot
+continue a run (the latent weights are gone). Every `checkpoint-N/` written during training therefore
+holds, besides the packed model (loadable with `from_pretrained` as is), the latent full-precision
+state in `ternary_latent.safetensors`, and is marked complete by `ternary_checkpoint.json` written
+last (atomically). `resume_from_checkpoint=True` picks the newest *complete* checkpoint, so a crash
+or Ctrl-C during a save never leaves a checkpoint that is picked but cannot be resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+from ..integration import is_ternary_model, ternary_modules
+from .data import ID_COLUMN, LENGTH_COLUMN, DistillationCollator, load_texts, synthesize_long_documents, tokenize_texts
+from .losses import DistillationLoss, LossWeights
+from .teacher import TeacherCache, base_model_of, check_teacher_compatible, load_pooling, load_teacher, model_source
+
+logger = logging.getLogger(__name__)
+
+LATENT_WEIGHTS_NAME = "ternary_latent.safetensors"
+CHECKPOINT_MARKER_NAME = "ternary_checkpoint.json"
+# Files that make an output directory loadable as a SentenceTransformer; copied from the student's source.
+_ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+
+
+@dataclass
+class DistillationArguments:
+    """Options of ternary self-distillation (everything that is not a `TrainingArguments` field)."""
+
+    teacher: str | None = field(
+        default=None,
+        metadata={"help": "Full-precision teacher (path or Hub id). Default: the student's own source "
+                  "checkpoint (`config._name_or_path`)."},
+    )
+    text_column: str | None = field(
+        default=None,
+        metadata={"help": "Dataset column with the texts ('a,b' for pairs: each side is a text). Default: "
+                  "`text`, `sentence`, ... or a known pair such as sentence1/sentence2."},
+    )
+    max_length: int = field(
+        default=256, metadata={"help": "Truncate texts to this many tokens (batches are padded only to their longest)."}
+    )
+    long_documents: int = field(
+        default=0,
+        metadata={"help": "Add this many synthetic long documents (random training texts joined to about "
+                  "`long_document_tokens` tokens), so the student also matches the teacher on long inputs."},
+    )
+    long_document_tokens: int = field(default=200, metadata={"help": "Target length of the synthetic long documents."})
+    hidden_mse_weight: float = field(
+        default=1.0, metadata={"help": "Weight of the MSE between last hidden states, over real tokens."}
+    )
+    cosine_weight: float = field(
+        default=1.0, metadata={"help": "Weight of 1 - cosine between the pooled sentence embeddings."}
+    )
+    intermediate_mse_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the MSE between intermediate hidden states (0 = off)."}
+    )
+    intermediate_layers: list[int] | None = field(
+        default=None,
+        metadata={"help": "hidden_states indices for the intermediate MSE (0 = embeddings). Default: all but the last."},
+    )
+    attention_kl_weight: float = field(
+        default=0.0, metadata={"help": "Weight of KL(teacher || student) between attention maps (TernaryBERT; 0 = off)."}
+    )
+    pooling: str = field(
+        default="auto",
+        metadata={"help": "Sentence pooling for the cosine term: `auto` (the model's sentence-transformers "
+                  "pooling, else mean), or mean / cls / max / mean_sqrt_len_tokens / weightedmean / lasttoken."},
+    )
+    quant_warmup_steps: int = field(
+        default=0,
+        metadata={"help": "Ramp quantization in over this many steps (strength = min(step / N, 1)); 0 = fully "
+                  "ternary from the first step."},
+    )
+    cache_teacher_outputs: bool = field(
+        default=False,
+        metadata={"help": "Keep each example's teacher outputs in memory after its first use, so later epochs "
+                  "skip the teacher forward (memory: about tokens x hidden x 2 bytes)."},
+    )
+    disable_dropout: bool = field(
+        default=True,
+        metadata={"help": "Set the student's dropout to 0: the student should reproduce the teacher's "
+                  "(eval-mode) function, not a noisy version of it."},
+    )
+    learn_scales: bool = field(
+        default=False,
+        metadata={"help": "Train each ternary layer's scale (per row / group) as a parameter, initialised from "
+                  "the rule's scale; the rule still picks the codes. Same checkpoint format."},
+    )
+    time_budget_minutes: float | None = field(
+        default=None,
+        metadata={"help": "Train for this much wall time: the learning rate warms up over `warmup_steps` then "
+                  "follows a cosine decay over the *time* budget, and training stops when it is spent (set "
+                  "max_steps high). Wall time is measured by rank 0 and shared with the other ranks. 0 or unset: "
+                  "no budget (the TrainingArguments schedule over max_steps)."},
+    )
+    freeze_embeddings: bool = field(
+        default=False,
+        metadata={"help": "Freeze the student's input (word) embeddings; they stay full precision anyway."},
+    )
+
+    def loss_weights(self) -> LossWeights:
+        return LossWeights(self.hidden_mse_weight, self.cosine_weight, self.intermediate_mse_weight,
+                           self.attention_kl_weight)
+
+    def __post_init__(self) -> None:
+        self.loss_weights()  # validates the weights
+        for name in ("max_length", "long_document_tokens"):
+            if getattr(self, name) < 2:
+                raise ValueError(f"DistillationArguments.{name} must be >= 2, got {getattr(self, name)}.")
+        if self.time_budget_minutes is not None:
+            if self.time_budget_minutes < 0:
+                raise ValueError(
+                    f"DistillationArguments.time_budget_minutes must be >= 0, got {self.time_budget_minutes}."
+                )
+            if self.time_budget_minutes == 0:  # 0 = no budget: the TrainingArguments schedule over max_steps
+                self.time_budget_minutes = None
+        for name in ("long_documents", "quant_warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"DistillationArguments.{name} must be >= 0, got {getattr(self, name)}.")
+        if self.cache_teacher_outputs and self.attention_kl_weight > 0:
+            raise ValueError(
+                "cache_teacher_outputs cannot be combined with attention_kl_weight > 0 (attention maps are "
+                "seq x seq per head: too large to cache); disable one of them."
+            )
+
+
+def _atomic_json(path: str, payload: dict) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def is_complete_checkpoint(path: str) -> bool:
+    """Whether a `checkpoint-N` directory was fully written by `TernaryDistillationTrainer`."""
+    marker = os.path.join(path, CHECKPOINT_MARKER_NAME)
+    try:
+        with open(marker, encoding="utf-8") as f:
+            return bool(json.load(f).get("complete"))
+    except (OSError, ValueError):
+        return False
+
+
+def _checkpoint_dirs(output_dir: str) -> list[tuple[int, str]]:
+    if not os.path.isdir(output_dir):
+        return []
+    found = []
+    for name in os.listdir(output_dir):
+        prefix = f"{PREFIX_CHECKPOINT_DIR}-"
+        if name.startswith(prefix) and name[len(prefix):].isdigit() and os.path.isdir(os.path.join(output_dir, name)):
+            found.append((int(name[len(prefix):]), os.path.join(output_dir, name)))
+    return sorted(found)
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest complete checkpoint in `output_dir` (incomplete ones, from an interrupted save, are skipped)."""
+    complete = [path for _, path in _checkpoint_dirs(output_dir) if is_complete_checkpoint(path)]
+    return complete[-1] if complete else None
+
+
+class TernaryDistillationTrainer(Trainer):
+    """Distil a ternary student (`TernaryConfig(mode="qat")`, or LoRA adapters on a ternary model) from
+    its full-precision teacher.
+
+    Args:
+        model: the student. Its `TernaryLinear` layers must be in QAT mode, or it must be a PEFT model with
+            trainable adapters on a ternary base.
+        args: `TrainingArguments` (every flag works; `train_sampling_strategy="group_by_length"` buckets by
+            the `length` column this trainer writes).
+        train_dataset / eval_dataset: texts: a `datasets.Dataset` with a text column (or pairs), a list of
+            strings, or `.txt`/`.jsonl`/`.csv` path(s); or an already tokenised dataset with `input_ids`.
+        teacher: the full-precision teacher model or its path; default `distillation_args.teacher`, else the
+            student's source checkpoint.
+        distillation_args: loss weights and data options (`DistillationArguments`).
+        tokenizer / processing_class: the tokenizer (default: loaded from the student's source).
+        Other keyword arguments go to `transformers.Trainer`.
+
+    Raises:
+        ValueError: before training, on a student that is not ternary/QAT, an incompatible teacher, empty
+            data or a missing text column.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        args: Any = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        *,
+        teacher: nn.Module | str | None = None,
+        distillation_args: DistillationArguments | None = None,
+        tokenizer: Any = None,
+        processing_class: Any = None,
+        data_collator: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        self.distillation_args = dargs = distillation_args or DistillationArguments()
+        self._check_student(model)
+        source = model_source(model)
+        processing_class = processing_class or tokenizer
+        if processing_class is None:
+            if not source:
+                raise ValueError("No tokenizer given and the student has no source path: pass tokenizer=.")
+            from transformers import AutoTokenizer
+
+            processing_class = AutoTokenizer.from_pretrained(source)
+        self.teacher = load_teacher(model, teacher if teacher is not None else dargs.teacher)
+        self.loss_fn = DistillationLoss(dargs.loss_weights(), dargs.intermediate_layers)
+        check_teacher_compatible(model, self.teacher,
+                                 same_depth=self.loss_fn.needs_hidden_states or self.loss_fn.needs_attentions)
+        hidden_size = base_model_of(model).config.hidden_size
+        self.pooling = load_pooling(source, hidden_size, dargs.pooling)
+        if self.loss_fn.needs_attentions:
+            # sdpa does not return attention probabilities
+            for m in (base_model_of(model), self.teacher):
+                m.set_attn_implementation("eager")
+        if dargs.cache_teacher_outputs and getattr(processing_class, "padding_side", "right") != "right":
+            raise ValueError("cache_teacher_outputs needs a right-padding tokenizer (padding_side='right').")
+        self.teacher_cache = TeacherCache() if dargs.cache_teacher_outputs else None
+        seed = args.seed if args is not None else 42
+        if train_dataset is not None:
+            train_dataset = self._prepare_dataset(train_dataset, processing_class, "train", dargs.long_documents, seed)
+        if eval_dataset is not None:
+            eval_dataset = self._prepare_dataset(eval_dataset, processing_class, "eval", 0, seed)
+        if dargs.disable_dropout:
+            for m in model.modules():
+                if isinstance(m, nn.Dropout):
+                    m.p = 0.0
+        if dargs.learn_scales:
+            for _, layer in ternary_modules(model):
+                if layer.mode == "qat":
+                    layer.enable_learned_scale()
+        if dargs.freeze_embeddings:
+            base_model_of(model).get_input_embeddings().requires_grad_(False)
+        self._term_sums: dict[str, float] = {}
+        self._term_count = 0
+        self._source = source
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            data_collator=data_collator or DistillationCollator(processing_class),
+            **kwargs,
+        )
+        self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
+        self.teacher.to(self.args.device)
+        self.time_budget: TimeBudgetCallback | None = None
+        if dargs.time_budget_minutes is not None:
+            self.time_budget = TimeBudgetCallback(dargs.time_budget_minutes * 60.0)
+            self.add_callback(self.time_budget)
+
+    # ---- validation and data ----
+
+    @staticmethod
+    def _check_student(model: nn.Module) -> None:
+        if not is_ternary_model(model):
+            raise ValueError(
+                f"The student {type(model).__name__} has no TernaryLinear layers. Load it ternary for training: "
+                "AutoModel.from_pretrained(path, quantization_config=ternary_hf.TernaryConfig(mode='qat'))."
+            )
+        if any(layer.mode == "qat" for _, layer in ternary_modules(model)):
+            return
+        is_peft = hasattr(model, "peft_config")
+        if not (is_peft and any(p.requires_grad for p in model.parameters())):
+            raise ValueError(
+                "The student's TernaryLinear layers are packed (inference mode) and frozen: there is nothing "
+                "ternary to train. Load it with TernaryConfig(mode='qat'), or attach LoRA adapters "
+                "(ternary_hf.peft_integration.ternary_lora_config + peft.get_peft_model)."
+            )
+
+    def _prepare_dataset(self, data: Any, tokenizer: Any, split: str, long_documents: int, seed: int) -> Any:
+        import datasets
+
+        dargs = self.distillation_args
+        if isinstance(data, datasets.Dataset) and "input_ids" in data.column_names:
+            if len(data) == 0:
+                raise ValueError(f"the {split} dataset is empty: there is nothing to distil on.")
+            if ID_COLUMN not in data.column_names:
+                data = data.add_column(ID_COLUMN, list(range(len(data))))
+            if LENGTH_COLUMN not in data.column_names:
+                data = data.add_column(LENGTH_COLUMN, [len(x) for x in data["input_ids"]])
+            return data
+        texts = load_texts(data, dargs.text_column)
+        if long_documents:
+            docs = synthesize_long_documents(texts["text"], tokenizer, long_documents, dargs.long_document_tokens,
+                                             seed=seed)
+            texts = datasets.concatenate_datasets([texts, datasets.Dataset.from_dict({"text": docs})])
+        return tokenize_texts(texts, tokenizer, dargs.max_length)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        for column in (ID_COLUMN, LENGTH_COLUMN):
+            if column not in self._signature_columns:
+                self._signature_columns.append(column)
+
+    # ---- loss ----
+
+    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.pooling({"token_embeddings": hidden, "attention_mask": mask})["sentence_embedding"]
+
+    def _collect(self, out: Any, mask: torch.Tensor) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "last_hidden_state": out.last_hidden_state,
+            "sentence_embedding": self._pool(out.last_hidden_state, mask),
+        }
+        if self.loss_fn.needs_hidden_states:
+            result["hidden_states"] = out.hidden_states
+        if self.loss_fn.needs_attentions:
+            result["attentions"] = out.attentions
+        return result
+
+    def _forward_kwargs(self) -> dict[str, bool]:
+        return {
+            "output_hidden_states": self.loss_fn.needs_hidden_states,
+            "output_attentions": self.loss_fn.needs_attentions,
+            "return_dict": True,
+        }
+
+    @torch.no_grad()
+    def teacher_outputs(self, inputs: dict[str, torch.Tensor], ids: torch.Tensor | None) -> dict[str, Any]:
+        """The teacher's outputs for a batch (from the cache when every example is in it)."""
+        mask = inputs["attention_mask"]
+        cache = self.teacher_cache if ids is not None else None
+        keys = ("last_hidden_state", "sentence_embedding") + (("hidden_states",) if self.loss_fn.needs_hidden_states else ())
+        if cache is not None:
+            hit = cache.lookup(ids.tolist(), mask.cpu(), keys)
+            if hit is not None:
+                return self._unstack({k: v.to(mask.device) for k, v in hit.items()})
+        out = self.teacher(**inputs, **self._forward_kwargs())
+        result = self._collect(out, mask)
+        if cache is None:
+            return result
+        if "hidden_states" in result:
+            result["hidden_states"] = torch.stack(result["hidden_states"], dim=1)
+        stored = cache.store(ids.tolist(), mask.cpu(), {k: v.cpu() for k, v in result.items()})
+        return self._unstack({k: v.to(mask.device) for k, v in stored.items()})
+
+    @staticmethod
+    def _unstack(outputs: dict[str, Any]) -> dict[str, Any]:
+        if "hidden_states" in outputs and torch.is_tensor(outputs["hidden_states"]):
+            outputs["hidden_states"] = outputs["hidden_states"].unbind(1)
+        return outputs
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Distillation loss of the student against the frozen teacher; each term is logged."""
+        inputs = dict(inputs)
+        ids = inputs.pop(ID_COLUMN, None)
+        inputs.pop(LENGTH_COLUMN, None)
+        mask = inputs["attention_mask"]
+        teacher = self.teacher_outputs(inputs, ids)
+        out = model(**inputs, **self._forward_kwargs())
+        loss, terms = self.loss_fn(self._collect(out, mask), teacher, mask)
+        if model.training:
+            for name, value in terms.items():
+                self._term_sums[name] = self._term_sums.get(name, 0.0) + float(value.detach())
+            self._term_count += 1
+        return (loss, out) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), _full_strength(model):
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """With a time budget: linear warm-up over `warmup_steps`, then cosine decay over the elapsed fraction
+        of the budget. Otherwise the `TrainingArguments` scheduler."""
+        if self.time_budget is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        warmup = self.args.get_warmup_steps(num_training_steps)
+        budget = self.time_budget
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return step / max(1, warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * budget.fraction))
+
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, factor)
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    # ---- quantization warm-up ----
+
+    def _set_quant_strength(self, strength: float) -> None:
+        for _, layer in ternary_modules(self.model):
+            layer.quant_strength = strength
+
+    def quant_strength_at(self, step: int) -> float:
+        n = self.distillation_args.quant_warmup_steps
+        return 1.0 if n <= 0 else min(step / n, 1.0)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.distillation_args.quant_warmup_steps > 0:
+            self._set_quant_strength(self.quant_strength_at(self.state.global_step))
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._term_count:
+            for name, total in self._term_sums.items():
+                logs[f"loss_{name}"] = round(total / self._term_count, 6)
+            if self.distillation_args.quant_warmup_steps > 0:
+                logs["quant_strength"] = self.quant_strength_at(self.state.global_step)
+            self._term_sums, self._term_count = {}, 0
+        super().log(logs, start_time)
+
+    # ---- training entry point, checkpoints and resume ----
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """`Trainer.train`; `resume_from_checkpoint=True` resumes from the newest *complete* checkpoint."""
+        if resume_from_checkpoint is True:
+            found = last_complete_checkpoint(self.args.output_dir)
+            if found is None:
+                raise ValueError(
+                    f"No complete checkpoint in {self.args.output_dir} to resume from (a complete one holds "
+                    f"{CHECKPOINT_MARKER_NAME}); start without resume_from_checkpoint."
+                )
+            resume_from_checkpoint = found
+        if isinstance(resume_from_checkpoint, (str, os.PathLike)):
+            resume_from_checkpoint = os.fspath(resume_from_checkpoint)
+            if not is_complete_checkpoint(resume_from_checkpoint):
+                latest = last_complete_checkpoint(os.path.dirname(os.path.abspath(resume_from_checkpoint)))
+                raise ValueError(
+                    f"{resume_from_checkpoint} is not a complete ternary-hf checkpoint (no {CHECKPOINT_MARKER_NAME}: "
+                    f"its save was interrupted, or it was not written by TernaryDistillationTrainer). "
+                    + (f"Resume from {latest} instead." if latest else "")
+                )
+            self._drop_incomplete_checkpoints()
+        try:
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
+                                 ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+        finally:
+            self._set_quant_strength(1.0)  # the trained model is used (and saved) fully ternary
+
+    def _drop_incomplete_checkpoints(self) -> None:
+        if not self.args.should_save:
+            return
+        for _, path in _checkpoint_dirs(self.args.output_dir):
+            if not is_complete_checkpoint(path):
+                logger.warning("Removing incomplete checkpoint %s (its save was interrupted).", path)
+                shutil.rmtree(path, ignore_errors=True)
+
+    def _has_qat_layers(self) -> bool:
+        return any(layer.mode == "qat" for _, layer in ternary_modules(self.model))
+
+    def _save_checkpoint(self, model, trial) -> None:
+        # Rotation is deferred until this checkpoint is complete, so an interrupted save never leaves the
+        # output directory without a resumable checkpoint.
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        if not self.args.should_save:
+            return
+        run_dir = self._get_output_dir(trial=trial)
+        output_dir = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        latent = None
+        if self._has_qat_layers():
+            latent = LATENT_WEIGHTS_NAME
+            self._save_latent(os.path.join(output_dir, LATENT_WEIGHTS_NAME))
+        _atomic_json(os.path.join(output_dir, CHECKPOINT_MARKER_NAME),
+                     {"complete": True, "global_step": self.state.global_step, "latent_weights": latent})
+        rotate_checkpoints(run_dir, save_total_limit=limit, best_model_checkpoint=self.state.best_model_checkpoint,
+                           use_mtime=False)
+
+    def _save_latent(self, path: str) -> None:
+        from safetensors.torch import save_model
+
+        tmp = f"{path}.tmp-{os.getpid()}"
+        save_model(self.accelerator.unwrap_model(self.model), tmp, metadata={"format": "pt", "ternary_hf": "qat-latent"})
+        os.replace(tmp, path)
+
+    def _load_latent(self, path: str, model: nn.Module) -> None:
+        from safetensors.torch import load_model
+
+        missing, unexpected = load_model(model, path, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"{path} does not match the student: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}. "
+                "Resume with the same model and TernaryConfig as the interrupted run."
+            )
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        model = model if model is not None else self.model
+        latent = os.path.join(resume_from_checkpoint, LATENT_WEIGHTS_NAME)
+        if os.path.isfile(latent):
+            self._load_latent(latent, model)
+            return
+        if self._has_qat_layers():
+            raise ValueError(
+                f"{resume_from_checkpoint} has no {LATENT_WEIGHTS_NAME}: it holds only packed ternary weights, from "
+                "which a QAT run cannot continue. Resume from a checkpoint written by TernaryDistillationTrainer."
+            )
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self) -> None:
+        latent = os.path.join(self.state.best_model_checkpoint, LATENT_WEIGHTS_NAME)
+        if os.path.isfile(latent):
+            self._load_latent(latent, self.accelerator.unwrap_model(self.model))
+            return
+        super()._load_best_model()
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Writes the packed ternary model (the quantizer packs QAT layers) and, when the student's source
+        is a sentence-transformers model, its module files, so the output loads as a SentenceTransformer."""
+        super()._save(output_dir, state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save and self._source:
+            copy_sentence_transformers_files(self._source, output_dir)
+
+
+def copy_sentence_transformers_files(source: str, output_dir: str) -> list[str]:
+    """Copy `modules.json`, `sentence_bert_config.json`, ... and each module's `config.json` (e.g.
+    `1_Pooling/config.json`) from `source` (local dir or Hub cache) to `output_dir`. Returns the files copied."""
+    from transformers.utils import cached_file
+
+    def fetch(name: str, subfolder: str = "") -> str | None:
+        return cached_file(source, name, subfolder=subfolder, _raise_exceptions_for_missing_entries=False,
+                           _raise_exceptions_for_connection_errors=False)
+
+    copied = []
+    modules_path = fetch("modules.json")
+    if modules_path is None:
+        return copied
+    targets = [(name, "") for name in _ST_FILES]
+    with open(modules_path, encoding="utf-8") as f:
+        targets += [("config.json", m["path"]) for m in json.load(f) if m.get("path")]
+    for name, subfolder in targets:
+        src = fetch(name, subfolder)
+        if src is None:
+            continue
+        dst_dir = os.path.join(output_dir, subfolder)
+        os.makedirs(dst_dir, exist_ok=True)
+        dst = os.path.join(dst_dir, name)
+        tmp = f"{dst}.tmp-{os.getpid()}"
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+        copied.append(os.path.join(subfolder, name))
+    return copied
+
+
+class _full_strength:
+    """Context manager: evaluate with fully ternary layers (the saved model), whatever the warm-up."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = [layer for _, layer in ternary_modules(model)]
+        self.saved: list[float] = []
+
+    def __enter__(self) -> None:
+        self.saved = [layer.quant_strength for layer in self.layers]
+        for layer in self.layers:
+            layer.quant_strength = 1.0
+
+    def __exit__(self, *exc: Any) -> None:
+        for layer, strength in zip(self.layers, self.saved):
+            layer.quant_strength = strength
+
+
+class TimeBudgetCallback(TrainerCallback):
+    """Stops training once `seconds` of wall time have passed since `on_train_begin` (checkpointing then, if
+    checkpoints are enabled). Rank 0's clock is broadcast every step so that all ranks agree on the learning
+    rate and on when to stop."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.start: float | None = None
+        self.elapsed = 0.0
+
+    @property
+    def fraction(self) -> float:
+        return min(self.elapsed / self.seconds, 1.0)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.monotonic()
+        self.elapsed = 0.0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        elapsed = time.monotonic() - (self.start if self.start is not None else time.monotonic())
+        if args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            value = torch.tensor([elapsed], dtype=torch.float64, device=args.device)
+            torch.distributed.broadcast(value, src=0)
+            elapsed = float(value)
+        self.elapsed = elapsed
+        if elapsed >= self.seconds:
+            control.should_training_stop = True
+            if args.save_strategy != "no":
+                control.should_save = True
+        return control
