@@ -6,9 +6,9 @@ import argparse
 import os
 import sys
 
-from .commands import ann, eval as eval_cmd, push, quantize
+from .commands import ann, distill, eval as eval_cmd, push, quantize
 
-SUBCOMMANDS = [quantize, eval_cmd, ann, push]
+SUBCOMMANDS = [quantize, distill, eval_cmd, ann, push]
 
 
 def build_parser() -> argparse.ArgumentParser:
