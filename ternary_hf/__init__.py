@@ -35,3 +35,18 @@ __all__ = [
     "register",
     "render_model_card",
 ]
+
+# Heavier parts (training needs datasets/peft, ONNX export needs onnx) load on first use.
+_LAZY = {
+    "TernaryDistillationTrainer": "ternary_hf.training",
+    "DistillationArguments": "ternary_hf.training",
+    "export_onnx": "ternary_hf.onnx_export",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ternary_hf' has no attribute {name!r}")
