@@ -34,6 +34,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+# glibc: serve allocations up to 1 GB from the heap and never return freed heap memory to the OS
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**32)}
 VARIANTS = ("torch fp32", "ternary reference", "ternary fast", "ORT fp32", "ORT int8 dynamic", "ORT ternary")
 SHAPES = ((1, 32), (32, 128))
 
@@ -61,8 +63,9 @@ def batch(tok, size: int, length: int, offset: int = 0) -> dict[str, torch.Tenso
     return dict(tok(docs, truncation=True, max_length=length, return_tensors="pt"))
 
 
-def build_artifacts(workdir: Path) -> dict[str, Path]:
-    """Ternary checkpoint and the three ONNX files (reused when already in `workdir`)."""
+def build_artifacts(workdir: Path, embedding_dtype: str = "float") -> dict[str, Path]:
+    """Ternary checkpoint and the three ONNX files (reused when already in `workdir`; the ternary ones are
+    named by `embedding_dtype`)."""
     import ternary_hf
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from transformers import AutoModel
@@ -72,13 +75,14 @@ def build_artifacts(workdir: Path) -> dict[str, Path]:
     src = minilm_path()
     paths = {
         "fp32": src,
-        "ternary": workdir / "ternary",
+        "ternary": workdir / f"ternary-emb-{embedding_dtype}",
         "onnx_fp32": workdir / "fp32.onnx",
         "onnx_int8": workdir / "int8-dynamic.onnx",
-        "onnx_ternary": workdir / "ternary.onnx",
+        "onnx_ternary": workdir / f"ternary-emb-{embedding_dtype}.onnx",
     }
     if not (paths["ternary"] / "model.safetensors").exists():
-        AutoModel.from_pretrained(src, quantization_config=ternary_hf.TernaryConfig()).save_pretrained(paths["ternary"])
+        cfg = ternary_hf.TernaryConfig(embedding_dtype=embedding_dtype)
+        AutoModel.from_pretrained(src, quantization_config=cfg).save_pretrained(paths["ternary"])
     if not paths["onnx_fp32"].exists():
         export_fp32_onnx(AutoModel.from_pretrained(src).eval(), paths["onnx_fp32"])
     if not paths["onnx_int8"].exists():
@@ -148,13 +152,14 @@ def load_runner(variant: str, paths: dict[str, Path], threads: int):
     return run
 
 
-def measure_load(variant: str, workdir: Path, threads: int) -> dict:
+def measure_load(variant: str, workdir: Path, threads: int, embedding_dtype: str) -> dict:
     """In a fresh process: seconds to load + prepare, and peak RSS after encoding one 32 x 128 batch."""
     code = (
         "import sys, json; sys.argv = ['x']; "
         f"sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r}); "
         "import cpu_speed as b; "
-        f"print('RESULT', json.dumps(b._load_in_this_process({variant!r}, {str(workdir)!r}, {threads})))"
+        f"print('RESULT', json.dumps(b._load_in_this_process({variant!r}, {str(workdir)!r}, {threads}, "
+        f"{embedding_dtype!r})))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -163,13 +168,13 @@ def measure_load(variant: str, workdir: Path, threads: int) -> dict:
     return json.loads(line[0][len("RESULT "):])
 
 
-def _load_in_this_process(variant: str, workdir: str, threads: int) -> dict:
+def _load_in_this_process(variant: str, workdir: str, threads: int, embedding_dtype: str) -> dict:
     import ternary_hf  # noqa: F401  (imports are not part of the load time)
     import onnxruntime  # noqa: F401
     from transformers import AutoTokenizer
 
     torch.set_num_threads(threads)
-    paths = build_artifacts(Path(workdir))
+    paths = build_artifacts(Path(workdir), embedding_dtype)
     tok = AutoTokenizer.from_pretrained(minilm_path())
     inputs = batch(tok, 32, 128)
     start = time.perf_counter()
@@ -205,7 +210,7 @@ def time_alternating(runners: dict, inputs, rounds: int, warmup: int = 2) -> dic
 
 # ---------------------------------------------------------------- numerics table
 
-def fidelity_rows(paths: dict[str, Path], tok) -> list[tuple[str, float, float]]:
+def fidelity_rows(paths: dict[str, Path], tok, embedding_dtype: str) -> list[tuple[str, float, float]]:
     """Cosine of mean-pooled embeddings to the ternary model with float activations (64 real documents)."""
     import ternary_hf
     from transformers import AutoModel
@@ -219,10 +224,11 @@ def fidelity_rows(paths: dict[str, Path], tok) -> list[tuple[str, float, float]]
         return torch.nn.functional.normalize((h * mask).sum(1) / mask.sum(1), dim=-1)
 
     src = minilm_path()
-    ref = embed(AutoModel.from_pretrained(src, quantization_config=ternary_hf.TernaryConfig(activation_quant="none")))
+    ref_cfg = ternary_hf.TernaryConfig(activation_quant="none", embedding_dtype=embedding_dtype)
+    ref = embed(AutoModel.from_pretrained(src, quantization_config=ref_cfg))
     rows = []
     for n in (0, 1, 2):
-        cfg = ternary_hf.TernaryConfig(activation_outliers=n)
+        cfg = ternary_hf.TernaryConfig(activation_outliers=n, embedding_dtype=embedding_dtype)
         cos = (embed(AutoModel.from_pretrained(src, quantization_config=cfg)) * ref).sum(-1)
         rows.append((f"per-token int8, {n} float outlier(s)/token", cos.mean().item(), cos.min().item()))
     import onnxruntime as ort
@@ -263,7 +269,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="where exports are written (default: temp dir)")
     parser.add_argument("--skip-load", action="store_true", help="skip the load-time / peak-RSS subprocesses")
     parser.add_argument("--skip-fidelity", action="store_true", help="skip the numerics table")
+    parser.add_argument("--embedding-dtype", choices=("float", "int8"), default="float",
+                        help="TernaryConfig.embedding_dtype of the ternary checkpoint")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="re-run under glibc settings that keep freed memory for reuse (MALLOC_MMAP_THRESHOLD_, "
+                        "MALLOC_TRIM_THRESHOLD_): large tensors then stop costing fresh-page faults; applies to "
+                        "every variant")
     args = parser.parse_args(argv)
+    if args.keep_freed_memory and MALLOC_ENV.keys() - os.environ.keys():
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
 
     import onnxruntime as ort
     import ternary_hf
@@ -272,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ternary-cpu-speed-"))
     load_before = os.getloadavg()
-    paths = build_artifacts(workdir)
+    paths = build_artifacts(workdir, args.embedding_dtype)
     ternary_hf.kernels.native.native_lib()  # build the C kernels now, not inside a timed load
     tok = AutoTokenizer.from_pretrained(minilm_path())
 
@@ -282,10 +296,13 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time_alternating(runners, batch(tok, size, length), args.rounds)
         speed[(size, length)] = {v: size / s for v, s in seconds.items()}
     del runners
-    loads = {} if args.skip_load else {v: measure_load(v, workdir, args.threads) for v in VARIANTS}
+    loads = {} if args.skip_load else {v: measure_load(v, workdir, args.threads, args.embedding_dtype) for v in VARIANTS}
     load_after = os.getloadavg()
 
-    print(f"\nMachine: {machine()}; threads={args.threads}; torch {torch.__version__}, onnxruntime {ort.__version__}")
+    print(f"\nMachine: {machine()}; threads={args.threads}; torch {torch.__version__}, onnxruntime {ort.__version__}; "
+          f"ternary embedding_dtype={args.embedding_dtype}"
+          + ("; glibc keeps freed memory (" + " ".join(f"{k}={v}" for k, v in MALLOC_ENV.items()) + ")"
+             if args.keep_freed_memory else ""))
     print(f"Load average (1/5/15 min) before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
           f"after: {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
     print(f"Median of {args.rounds} alternating rounds after warm-up; sentences/s (x torch fp32 of the same rounds)\n")
@@ -306,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nNumerics: cosine of mean-pooled embeddings to the ternary model with float activations "
               "(last row: to torch fp32); 64 Lee documents, <=128 tokens\n")
         print("| activations | mean cosine | min cosine |\n|---|---|---|")
-        for name, mean, low in fidelity_rows(paths, tok):
+        for name, mean, low in fidelity_rows(paths, tok, args.embedding_dtype):
             print(f"| {name} | {mean:.5f} | {low:.5f} |")
     return 0
 

@@ -194,6 +194,9 @@ def export_onnx(
                 input_names=input_names, output_names=["last_hidden_state"], dynamic_axes=axes,
                 opset_version=opset, dynamo=False, do_constant_folding=False,
             )
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -125,6 +125,7 @@ def test_export_leaves_the_model_untouched(tmp_path):
     {"activation_quant": "none"},
     {"granularity": "per_group", "group_size": 32, "activation_outliers": 2},
     {"granularity": "per_tensor", "activation_outliers": 0},
+    {"embedding_dtype": "int8"},
 ])
 def test_onnx_matches_torch_for_each_numerics(tmp_path, kwargs):
     model = tiny_bert(tmp_path, **kwargs)
