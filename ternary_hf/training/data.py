@@ -144,6 +144,29 @@ def synthesize_long_documents(
     return docs
 
 
+def wikipedia_paragraphs(min_words: int = 80, max_words: int = 250) -> list[str]:
+    """Prose paragraphs of `min_words`-`max_words` words from the English Wikipedia excerpt bundled with
+    gensim's test data (about 1,850 paragraphs, roughly 100-330 tokens): real long text, offline, for the
+    long-input part of a distillation mix. Needs gensim (`pip install gensim`)."""
+    import bz2
+    import re
+
+    try:
+        from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+        from gensim.test.utils import datapath
+    except ImportError as exc:
+        raise ImportError("wikipedia_paragraphs needs gensim's bundled test data: pip install gensim") from exc
+    paragraphs = []
+    with bz2.open(datapath("enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")) as f:
+        for _title, text, _pageid in extract_pages(f):
+            for block in re.split(r"\n\s*\n", filter_wiki(text)):
+                paragraph = " ".join(block.split())
+                # list items, tables, templates and headings are not prose
+                if min_words <= len(paragraph.split()) <= max_words and not paragraph.startswith(("*", "|", "{", "=", "#")):
+                    paragraphs.append(paragraph)
+    return paragraphs
+
+
 def tokenize_texts(dataset: Any, tokenizer: Any, max_length: int, num_proc: int | None = None) -> Any:
     """Tokenise the `text` column (no padding, truncation at `max_length`); add `length` (for length
     bucketing) and `example_id` (the row index, for the teacher-output cache)."""
