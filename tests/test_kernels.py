@@ -205,6 +205,21 @@ def test_qat_simulates_the_served_activation_quantization():
     assert torch.allclose(xg.grad, torch.ones(2, 9, 42) @ w)
 
 
+def test_gradients_flow_through_packed_layers():
+    """Adapters train on top of frozen packed layers: the input gradient must pass through them."""
+    layer = make_layer(outliers=1)
+    x = tricky_input().requires_grad_(True)
+    y = layer(x)
+    assert y.requires_grad
+    assert torch.equal(y.detach(), run(layer, x.detach(), "reference"))  # served numerics, fast kernel
+    assert layer.bias.requires_grad  # from_linear keeps the bias a trainable Parameter
+    layer(x).sum().backward()
+    torch.testing.assert_close(x.grad, torch.ones(2, 9, 42) @ layer.dequantized_weight())
+    torch.testing.assert_close(layer.bias.grad, torch.full((42,), 18.0))
+    with torch.no_grad():
+        assert not layer(x).requires_grad
+
+
 def test_padded_int_mm_handles_few_rows():
     q = torch.randint(-127, 128, (5, 32), dtype=torch.int8)
     codes = torch.randint(-1, 2, (48, 32), dtype=torch.int8)

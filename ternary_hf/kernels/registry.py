@@ -140,17 +140,34 @@ def clear_kernel_cache(module: torch.nn.Module) -> None:
 
 
 def ternary_linear(layer, x: torch.Tensor) -> torch.Tensor:
-    """Forward of a packed `TernaryLinear` through the selected backend."""
-    if torch.is_grad_enabled() and x.requires_grad:
-        # Training through a frozen ternary layer (e.g. PEFT adapters upstream): the kernels are not
-        # differentiable, so compute the same numerics plainly, with straight-through activation rounding.
-        from .actquant import fake_quantize_activations
-
-        x = fake_quantize_activations(x, layer.activation_quant, layer.activation_outliers)
-        return torch.nn.functional.linear(x, layer.dequantized_weight(x.dtype), layer.bias)
+    """Forward of a packed `TernaryLinear` through the selected backend. Under autograd (adapters such as
+    LoRA train on top of frozen packed layers, so gradients must flow through them) the output is the
+    same, and the input gets the straight-through gradient `grad_y @ (codes * scale)`."""
     backend = resolve_backend(layer, x)
     state = kernel_state(layer, backend, x.device, x.dtype)
+    bias = layer.bias
+    if torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)):
+        return _StraightThrough.apply(x, bias, layer, backend, state)
     return backend.forward(layer, state, x)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """The backend's forward; backward as if activation quantization were the identity."""
+
+    @staticmethod
+    def forward(ctx, x, bias, layer, backend, state):
+        ctx.layer = layer
+        ctx.has_bias = bias is not None
+        return backend.forward(layer, state, x)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        grad_x = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_y @ ctx.layer.dequantized_weight(grad_y.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[1]:
+            grad_bias = grad_y.reshape(-1, grad_y.shape[-1]).sum(0).to(ctx.layer.bias.dtype)
+        return grad_x, grad_bias, None, None, None
 
 
 def prepare(model: torch.nn.Module, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> int:
