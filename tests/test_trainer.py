@@ -281,6 +281,9 @@ def test_cli_distill_and_resume(tiny_dir, tmp_path):
     assert ternary_hf.is_ternary_model(AutoModel.from_pretrained(out))
     with pytest.raises(SystemExit):
         parse_args(["--max_steps", "2"])  # --output_dir is required
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--help"])  # every help string must format (argparse %-expands them)
+    assert exit_info.value.code == 0
 
 
 def test_minilm_real_loss_decreases_and_saves_sentence_transformer(minilm_path, sentences, tmp_path):
