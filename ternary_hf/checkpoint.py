@@ -13,7 +13,8 @@ import torch
 from .packing import packed_rows
 from .ternarize import scale_shape
 
-# safetensors metadata key holding `{"version": ..., "shapes": {module: [out, in]}}` of the ternary layers.
+# safetensors metadata key holding `{"version": ..., "shapes": {module: [out, in]}, "embeddings": {module: {...}}}`
+# of the ternary layers and the quantized embedding tables.
 METADATA_KEY = "ternary_hf"
 # An empty tensor saved in every packed checkpoint. Loaded without the plugin, transformers lists it in its
 # load report (UNEXPECTED) right above the confusing shape-mismatch lines, so the fix is on screen.
@@ -33,6 +34,8 @@ class TensorInfo:
 class CheckpointIndex:
     tensors: dict[str, TensorInfo] = field(default_factory=dict)
     layer_shapes: dict[str, tuple[int, int]] = field(default_factory=dict)  # ternary layers: [out, in]
+    # quantized embedding tables: {module: {"dtype": "int8"|"int4"|"ternary", "shape": [num, dim], ...}}
+    embedding_tables: dict[str, dict] = field(default_factory=dict)
 
 
 def read_checkpoint_index(checkpoint_files) -> CheckpointIndex:
@@ -50,8 +53,9 @@ def read_checkpoint_index(checkpoint_files) -> CheckpointIndex:
                 with safe_open(path, framework="pt") as f:
                     meta = f.metadata() or {}
                     if METADATA_KEY in meta:
-                        shapes = json.loads(meta[METADATA_KEY]).get("shapes", {})
-                        index.layer_shapes.update({k: tuple(v) for k, v in shapes.items()})
+                        record = json.loads(meta[METADATA_KEY])
+                        index.layer_shapes.update({k: tuple(v) for k, v in record.get("shapes", {}).items()})
+                        index.embedding_tables.update(record.get("embeddings", {}))
                     for key in f.keys():
                         sl = f.get_slice(key)
                         index.tensors[key] = TensorInfo(sl.get_dtype(), tuple(sl.get_shape()), path)

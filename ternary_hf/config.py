@@ -14,7 +14,7 @@ GRANULARITIES = ("per_tensor", "per_channel", "per_group")
 RULES = ("twn", "absmean", "paper")
 MODES = ("inference", "qat")
 BACKENDS = ("auto", "reference")
-EMBEDDING_DTYPES = ("float", "int8")
+EMBEDDING_DTYPES = ("float", "int8", "int4", "ternary")
 BACKENDS = ("auto", "reference", "dense", "cpu_int8", "cuda")
 # How activations entering a TernaryLinear are quantized (the math: `ternary_hf/kernels/actquant.py`).
 ACTIVATION_QUANTS = ("per_token_int8", "none")
@@ -70,9 +70,17 @@ class TernaryConfig(QuantizationConfigMixin):
     )
     embedding_dtype: str = field(
         default="float",
-        metadata={"help": "`float`: embedding tables stay in the dtype the model is loaded with. `int8`: stored "
-                  "as int8 rows x a per-row scale (4x smaller; in small encoders the embedding table is most of "
-                  "the checkpoint). Tables tied to an output layer (MLM decoders) always stay float."},
+        metadata={"help": "`float`: embedding tables stay in the dtype the model is loaded with. `int8`: int8 rows x a "
+                  "per-row scale (4x smaller; in small encoders the embedding table is most of the checkpoint). "
+                  "`int4`: 4-bit codes, two per byte, one scale per `embedding_group_size` values of a row (~7x "
+                  "smaller). `ternary`: 2-bit packed {-1,0,+1} rows x a per-row scale from `rule` (~15x smaller, "
+                  "lossier). Rows are dequantized on lookup, never the whole table (`ternary_hf/embedding.py`). "
+                  "Tables tied to an output layer (MLM decoders) stay float, with a warning naming them."},
+    )
+    embedding_group_size: int = field(
+        default=64,
+        metadata={"help": "Values of a row sharing one scale when embedding_dtype='int4'; must be even and divide "
+                  "the embedding dimension."},
     )
     backend: str = field(
         default="auto",
@@ -124,6 +132,11 @@ class TernaryConfig(QuantizationConfigMixin):
             )
         if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1:
             raise ValueError(f"TernaryConfig.group_size must be a positive integer, got {self.group_size!r}.")
+        if (isinstance(self.embedding_group_size, bool) or not isinstance(self.embedding_group_size, int)
+                or self.embedding_group_size < 2 or self.embedding_group_size % 2):
+            raise ValueError(
+                f"TernaryConfig.embedding_group_size must be an even integer >= 2, got {self.embedding_group_size!r}."
+            )
         if self.modules_to_not_convert is not None:
             if isinstance(self.modules_to_not_convert, str) or not all(
                 isinstance(m, str) for m in self.modules_to_not_convert

@@ -136,9 +136,12 @@ def _check_packed_tensors(files: list[Path], qconfig: dict) -> list[str]:
         raise CheckpointError(str(exc)) from exc
     tensors = {key: (info.dtype, list(info.shape)) for key, info in index.tensors.items()}
     shapes = index.layer_shapes
-    # int8 embedding tables (embedding_dtype="int8") also have a weight_scale; they are not ternary layers.
+    # Quantized embedding tables (embedding_dtype int8/int4/ternary) also have a weight_scale; they are not
+    # ternary layers (the metadata names them; int8 tables of older checkpoints are recognised by dtype).
+    tables = set(index.embedding_tables)
     layers = sorted(k[: -len(".weight_scale")] for k in tensors
-                    if k.endswith(".weight_scale") and tensors.get(k[: -len("_scale")], ("",))[0] != "I8")
+                    if k.endswith(".weight_scale") and tensors.get(k[: -len("_scale")], ("",))[0] != "I8"
+                    and k[: -len(".weight_scale")] not in tables)
     if not layers:
         raise CheckpointError(
             f"{', '.join(str(f) for f in files)} hold no packed ternary layer (no '*.weight_scale' tensor) although "
@@ -354,6 +357,12 @@ def build_model_card(
         group_size=q.get("group_size"),
         modules_to_not_convert=q.get("modules_to_not_convert") or [],
         n_ternary_layers=len(info.ternary_layers),
+        embedding_dtype=q.get("embedding_dtype", "float"),
+        embedding_group_size=q.get("embedding_group_size"),
+        vocabulary=(f"pruned to {fp.vocab_size:,} of {fp.original_vocab_size:,} tokens (tokenizer pruned with it)"
+                    if fp.original_vocab_size else None),
+        output_dim=(f"{fp.output_dim} (reduced from {fp.hidden_size} by a PCA `Dense` module)"
+                    if fp.output_dim and fp.hidden_size and fp.output_dim != fp.hidden_size else None),
         footprint_table=fp.to_markdown(),
         file_mib=f"{(fp.file_bytes or 0) / 2**20:.2f}",
         fp32_mib=f"{fp.fp32_bytes / 2**20:.2f}",

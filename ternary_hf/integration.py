@@ -3,6 +3,8 @@ the checkpoint's headers through transformers' own key renaming), packed-shape c
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 from transformers.quantizers.quantizers_utils import should_convert_module
@@ -10,8 +12,10 @@ from transformers.quantizers.quantizers_utils import should_convert_module
 from .config import TernaryConfig
 from .layer import TernaryLinear
 from .checkpoint import TensorInfo
-from .embedding import Int8Embedding
+from .embedding import STORED_CODE_DTYPE, QuantizedEmbedding, check_embedding_layout, make_embedding
 from .ternarize import check_group_size
+
+logger = logging.getLogger(__name__)
 
 
 def index_by_module(model: nn.Module, index: dict[str, TensorInfo]) -> dict[str, dict[str, TensorInfo]]:
@@ -59,7 +63,14 @@ def _select(model, config, by_module, pre_quantized, module_type, stored_dtype) 
     never = _tied_or_output_modules(model)
     selected = []
     for name, module in model.named_modules():
-        if type(module) is not module_type or name in never or not should_convert_module(name, skip):
+        if type(module) is not module_type or not should_convert_module(name, skip):
+            continue
+        if name in never:
+            if module_type is nn.Embedding and config.embedding_dtype != "float" and not pre_quantized:
+                logger.warning(
+                    "TernaryConfig(embedding_dtype=%r): embedding table '%s' is tied to the output layer (MLM decoder) "
+                    "and stays in full precision; quantizing it would untie the head. Load the encoder alone "
+                    "(AutoModel) to quantize it.", config.embedding_dtype, name)
             continue
         if by_module is not None:
             stored = by_module.get(name, {}).get("weight")
@@ -83,27 +94,75 @@ def select_linear_modules(
     return _select(model, config, by_module, pre_quantized, nn.Linear, "U8")
 
 
+def stored_embedding_dtype(config: TernaryConfig) -> str:
+    """The embedding format of a packed checkpoint: what its config declares (a legacy config without
+    `embedding_dtype` but with int8 tables is read as int8, since int8 was the only format then)."""
+    return config.embedding_dtype if config.embedding_dtype != "float" else "int8"
+
+
 def select_embedding_modules(
     model: nn.Module,
     config: TernaryConfig,
     by_module: dict[str, dict[str, TensorInfo]] | None,
     pre_quantized: bool,
 ) -> list[str]:
-    """Names of the `nn.Embedding` modules stored as int8: from a full-precision checkpoint when
-    `embedding_dtype="int8"`, from a packed checkpoint every table stored as int8."""
-    if not pre_quantized and config.embedding_dtype != "int8":
+    """Names of the `nn.Embedding` modules stored quantized: from a full-precision checkpoint every table (bar
+    tied / excluded ones) when `embedding_dtype` is not float, from a packed checkpoint every table stored with
+    the code dtype of the config's `embedding_dtype`."""
+    if not pre_quantized and config.embedding_dtype == "float":
         return []
-    return _select(model, config, by_module, pre_quantized, nn.Embedding, "I8")
+    kind = stored_embedding_dtype(config) if pre_quantized else config.embedding_dtype
+    names = _select(model, config, by_module, pre_quantized, nn.Embedding, STORED_CODE_DTYPE[kind])
+    for name in names:
+        check_embedding_layout(kind, model.get_submodule(name).embedding_dim, config.embedding_group_size, name)
+    return names
 
 
-def replace_embedding_modules(model: nn.Module, names: list[str], dtype: torch.dtype | None) -> None:
-    """Swap the named `nn.Embedding` modules for empty `Int8Embedding`s (the model is on the meta device)."""
+def replace_embedding_modules(model: nn.Module, names: list[str], dtype: torch.dtype | None,
+                              config: TernaryConfig | None = None, kind: str | None = None) -> None:
+    """Swap the named `nn.Embedding` modules for empty `QuantizedEmbedding`s (the model is on the meta device)."""
+    config = config or TernaryConfig(embedding_dtype="int8")
+    kind = kind or stored_embedding_dtype(config)
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         emb = getattr(parent, child)
-        setattr(parent, child, Int8Embedding(emb.num_embeddings, emb.embedding_dim, emb.padding_idx,
-                                             dtype=dtype or emb.weight.dtype, device=emb.weight.device))
+        setattr(parent, child, make_embedding(kind, emb.num_embeddings, emb.embedding_dim, emb.padding_idx,
+                                              group_size=config.embedding_group_size, rule=config.rule,
+                                              dtype=dtype or emb.weight.dtype, device=emb.weight.device))
+
+
+@torch.no_grad()
+def quantize_embeddings(model: nn.Module, kind: str, group_size: int = 64) -> list[str]:
+    """Quantize the float embedding tables of a *loaded* ternary model in place (post-training, e.g. on top of
+    a distilled checkpoint) and record the format in its `TernaryConfig`, so `save_pretrained` stores them
+    packed and `from_pretrained` reloads them. Returns the names of the quantized tables."""
+    qconfig = getattr(getattr(model, "config", None), "quantization_config", None)
+    if not isinstance(qconfig, TernaryConfig):
+        raise ValueError(
+            f"quantize_embeddings needs a ternary model (config.quantization_config is {type(qconfig).__name__}); "
+            "load it with from_pretrained(..., quantization_config=TernaryConfig(...)) or from a packed checkpoint."
+        )
+    done = [n for n, m in model.named_modules() if isinstance(m, QuantizedEmbedding)]
+    if done and qconfig.embedding_dtype not in ("float", kind):
+        raise ValueError(
+            f"The embedding tables {done} are already stored as {qconfig.embedding_dtype}; re-quantizing them as "
+            f"{kind} would compound the errors. Start from the checkpoint with float tables."
+        )
+    trial = TernaryConfig(**{**{k: v for k, v in qconfig.to_dict().items() if k != "loader_hint"},
+                             "embedding_dtype": kind, "embedding_group_size": group_size})
+    names = _select(model, trial, None, False, nn.Embedding, STORED_CODE_DTYPE[kind])
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        emb = getattr(parent, child)
+        check_embedding_layout(kind, emb.embedding_dim, group_size, name)
+        setattr(parent, child, QuantizedEmbedding.from_embedding(emb, kind, group_size, qconfig.rule))
+    qconfig.embedding_dtype, qconfig.embedding_group_size = kind, group_size
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.quantization_config = qconfig
+    return names + done
 
 
 def replace_linear_modules(model: nn.Module, names: list[str], config: TernaryConfig, dtype: torch.dtype | None) -> None:
@@ -161,9 +220,9 @@ def is_ternary_model(model: nn.Module) -> bool:
 
 @torch.no_grad()
 def dequantize_modules(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
-    """Replace every `TernaryLinear` by an `nn.Linear` holding `codes * scale` (and every `Int8Embedding` by
-    an `nn.Embedding`): the same function, in full precision."""
-    for name, emb in [(n, m) for n, m in model.named_modules() if isinstance(m, Int8Embedding)]:
+    """Replace every `TernaryLinear` by an `nn.Linear` holding `codes * scale` (and every `QuantizedEmbedding`
+    by an `nn.Embedding`): the same function, in full precision."""
+    for name, emb in [(n, m) for n, m in model.named_modules() if isinstance(m, QuantizedEmbedding)]:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         weight = emb.dequantized_weight(dtype)

@@ -4,6 +4,7 @@ The math lives in `ternarize.py` / `packing.py`, the model surgery in `integrati
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import Any
 
@@ -26,7 +27,7 @@ from .integration import (
     select_linear_modules,
     ternary_modules,
 )
-from .embedding import Int8Embedding
+from .embedding import QuantizedEmbedding, quantize_rows
 from .layer import TernaryLinear
 
 
@@ -80,17 +81,25 @@ class TernaryHfQuantizer(HfQuantizer):
         embeddings = select_embedding_modules(model, config, by_module, pre_quantized=self.pre_quantized)
         replace_linear_modules(model, names, config, dtype)
         if config.mode == "inference":  # in QAT the tables stay trainable; they are stored int8 on save
-            replace_embedding_modules(model, embeddings, dtype)
+            replace_embedding_modules(model, embeddings, dtype, config)
         ignored = set(model._keys_to_ignore_on_load_unexpected or ())
         model._keys_to_ignore_on_load_unexpected = ignored | {re.escape(HINT_KEY)}
         if self.pre_quantized and by_module is not None:
             check_packed_shapes(model, by_module, names + embeddings)
         self.converted_modules, self.int8_embeddings = names, embeddings
+        self.checkpoint_dir = os.path.dirname(os.fspath(checkpoint_files[0])) if checkpoint_files else None
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):
         from .hub import enable_push_to_hub
 
+        from .vocab import check_tokenizer_files, install_vocabulary_guard
+
+        # A pruned vocabulary: the tokenizer saved next to the weights must be the pruned one, and ids
+        # beyond the pruned table (from another tokenizer) are refused at lookup.
+        if getattr(self, "checkpoint_dir", None):
+            check_tokenizer_files(self.checkpoint_dir, model.config)
+        install_vocabulary_guard(model)
         # `model.push_to_hub` then validates the packed checkpoint and writes the ternary model card.
         return enable_push_to_hub(model)
 
@@ -98,7 +107,7 @@ class TernaryHfQuantizer(HfQuantizer):
         if self.pre_quantized or self.quantization_config.mode != "inference":
             return False
         module, tensor_name = get_module_from_name(model, param_name)
-        return isinstance(module, (TernaryLinear, Int8Embedding)) and tensor_name == "weight"
+        return isinstance(module, (TernaryLinear, QuantizedEmbedding)) and tensor_name == "weight"
 
     def get_quantize_ops(self):
         return TernaryQuantize(self)
@@ -112,14 +121,23 @@ class TernaryHfQuantizer(HfQuantizer):
                 for suffix, tensor in layer.packed_state().items():
                     state[f"{name}.{suffix}"] = tensor
             shapes[name] = [layer.out_features, layer.in_features]
+        config = self.quantization_config
+        embeddings = {}
         for name in self.int8_embeddings:
             table = model.get_submodule(name)
             if isinstance(table, torch.nn.Embedding):  # QAT keeps float tables in memory
-                rows, scale = Int8Embedding.quantize_weight(table.weight)
+                rows, scale = quantize_rows(table.weight, config.embedding_dtype, config.embedding_group_size, config.rule)
                 state[f"{name}.weight"], state[f"{name}.weight_scale"] = rows, scale.to(table.weight.dtype)
+                embeddings[name] = {"dtype": config.embedding_dtype, "shape": list(table.weight.shape)}
+        for name, table in model.named_modules():
+            if isinstance(table, QuantizedEmbedding):
+                embeddings[name] = {"dtype": table.kind, "shape": [table.num_embeddings, table.embedding_dim]}
+        for entry in embeddings.values():
+            if entry["dtype"] == "int4":
+                entry["group_size"] = config.embedding_group_size
         state[HINT_KEY] = torch.zeros(0, dtype=torch.uint8)
         metadata = {
-            METADATA_KEY: json.dumps({"version": __version__, "shapes": shapes}),
+            METADATA_KEY: json.dumps({"version": __version__, "shapes": shapes, "embeddings": embeddings}),
             "ternary_hf_loader_hint": LOADER_HINT,
         }
         return state, metadata
