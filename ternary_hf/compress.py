@@ -94,3 +94,18 @@ def compress(
     else:
         model.save(str(out_dir))
     return report
+
+
+def is_ternary_checkpoint(source: str | os.PathLike) -> bool:
+    """True when `source` is a local directory whose config.json declares the ternary quantization method."""
+    import json
+    from pathlib import Path
+
+    config = Path(source) / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        q = json.loads(config.read_text(encoding="utf-8")).get("quantization_config") or {}
+    except ValueError:
+        return False
+    return q.get("quant_method") == "ternary"

@@ -89,3 +89,20 @@ def reduce_output_dimension(
     if out_dir is not None:
         model.save(str(out_dir))
     return PcaReport(emb.shape[1], dim, len(texts), explained)
+
+
+def project_with_head(model: Any, embeddings: torch.Tensor) -> torch.Tensor:
+    """Apply `model`'s output-reduction head (its last `Dense` module and what follows it) to full-dimension
+    sentence embeddings: how the *reduced teacher* is obtained from the teacher's embeddings, so a reduced
+    model can be compared with its teacher in the same space."""
+    from sentence_transformers.sentence_transformer.modules import Dense
+
+    modules = list(model)
+    starts = [i for i, m in enumerate(modules) if isinstance(m, Dense)]
+    if not starts:
+        return embeddings
+    features = {"sentence_embedding": embeddings}
+    with torch.inference_mode():
+        for module in modules[starts[-1]:]:
+            features = module(features)
+    return features["sentence_embedding"]

@@ -112,7 +112,8 @@ def _from_model(model: nn.Module) -> Footprint:
         fp = _from_model(encoder)
         head_modules = [m for m in list(model)[1:]]
         fp.heads = sum(t.numel() * t.element_size() for m in head_modules for t in m.state_dict().values())
-        fp.output_dim = model.get_sentence_embedding_dimension()
+        get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        fp.output_dim = get_dim()
         return fp
     sizes = dict(packed_weights=0, scales=0, embeddings=0, other=0)
     tables: dict[str, int] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import time
 
 from ..config import EMBEDDING_DTYPES, GRANULARITIES, RULES
@@ -23,9 +24,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rule", default="twn", choices=RULES)
     p.add_argument("--group-size", type=int, default=128)
     p.add_argument("--embedding-dtype", default="float", choices=EMBEDDING_DTYPES,
-                   help="int8 stores embedding tables as int8 rows x per-row scale (4x smaller tables).")
+                   help="Embedding tables: int8 rows x per-row scale (4x smaller), int4 with one scale per "
+                        "--embedding-group-size values (~7x), ternary rows x per-row scale (~15x, lossier). "
+                        "Applied post-training when MODEL is already a ternary (e.g. distilled) checkpoint.")
+    p.add_argument("--embedding-group-size", type=int, default=64, help="Values per scale for --embedding-dtype int4.")
+    p.add_argument("--prune-vocab", nargs="+", metavar="CORPUS", default=None,
+                   help="Keep only the tokens these texts use (plus specials and single characters): `wordnet`, "
+                        "`wikipedia` (the bundled training texts) and/or .txt/.jsonl/.csv files. Never pass your "
+                        "evaluation texts. The tokenizer and the embedding table shrink together.")
+    p.add_argument("--min-count", type=int, default=1, help="With --prune-vocab: keep tokens seen at least this often.")
+    p.add_argument("--output-dim", type=int, default=None,
+                   help="Reduce the output dimension with a PCA of the fp32 teacher's embeddings of the --prune-vocab "
+                        "(or --pca-corpus) texts, stored as a sentence-transformers Dense module.")
+    p.add_argument("--pca-corpus", nargs="+", default=None, help="Texts for --output-dim (default: the --prune-vocab ones).")
+    p.add_argument("--pca-texts", type=int, default=5000, help="At most this many texts (seeded sample) for the PCA.")
     p.add_argument("--n-texts", type=int, default=200, help="Real sentences used for the fidelity check.")
+    p.add_argument("--baseline", default=None,
+                   help="fp32 model to compare with when MODEL is already ternary (default: the bundled all-MiniLM-L6-v2).")
     p.set_defaults(func=run)
+
+
+def _texts(sources: list[str]) -> list[str]:
+    from .distill import load_distillation_texts
+
+    return list(load_distillation_texts(sources)["text"])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,22 +58,46 @@ def run(args: argparse.Namespace) -> int:
     from ..defaults import DEFAULT_MODEL_ID, default_model_path, sample_sentences
     from ..footprint import footprint
     from ..hub import CardInfo, build_model_card
+    from ..compress import compress, is_ternary_checkpoint, load_ternary_sentence_transformer
+    from ..dimension import project_with_head
     from ..evaluation.fidelity import embedding_fidelity
 
     model_id = args.model or default_model_path()
+    pre_quantized = is_ternary_checkpoint(model_id)
     config = TernaryConfig(granularity=args.granularity, rule=args.rule, group_size=args.group_size,
-                           embedding_dtype=args.embedding_dtype)
-    print(f"Ternarizing {model_id} with {config}")
+                           embedding_dtype=args.embedding_dtype, embedding_group_size=args.embedding_group_size)
     t0 = time.perf_counter()
-    fp = SentenceTransformer(model_id, device="cpu")
-    ternary = SentenceTransformer(model_id, device="cpu", model_kwargs={"quantization_config": config})
+    fp_source = model_id
+    if pre_quantized:
+        print(f"{model_id} is already ternary: compressing it post-training (its linear layers are kept as stored)")
+        ternary = load_ternary_sentence_transformer(model_id)
+        fp_source = args.baseline or default_model_path()
+    else:
+        print(f"Ternarizing {model_id} with {config}")
+        ternary = load_ternary_sentence_transformer(model_id, config)
+    fp = SentenceTransformer(str(fp_source), device="cpu")
     load_s = time.perf_counter() - t0
-    ternary.save(args.output_dir)
+    prune_texts = _texts(args.prune_vocab) if args.prune_vocab else None
+    pca_texts = _texts(args.pca_corpus) if args.pca_corpus else prune_texts
+    if args.output_dim and pca_texts is None:
+        raise SystemExit("--output-dim needs texts for the PCA: pass --prune-vocab or --pca-corpus.")
+    if pca_texts is not None and len(pca_texts) > args.pca_texts:
+        pca_texts = random.Random(0).sample(pca_texts, args.pca_texts)
+    result = compress(ternary, args.output_dir,
+                      embedding_dtype=args.embedding_dtype if pre_quantized else None,
+                      embedding_group_size=args.embedding_group_size, prune_corpus=prune_texts,
+                      min_count=args.min_count, eval_texts=sample_sentences(args.n_texts),
+                      output_dim=args.output_dim, pca_corpus=pca_texts, teacher=fp)
+    for line in result.lines():
+        print("  " + line)
+    config = ternary[0].auto_model.config.quantization_config
 
     texts = sample_sentences(args.n_texts)
     with torch.inference_mode():
         ref = fp.encode(texts, convert_to_tensor=True, batch_size=32)
-        out = SentenceTransformer(args.output_dir, device="cpu").encode(texts, convert_to_tensor=True, batch_size=32)
+        reloaded = SentenceTransformer(args.output_dir, device="cpu")
+        out = reloaded.encode(texts, convert_to_tensor=True, batch_size=32)
+        ref = project_with_head(reloaded, ref)  # the reduced teacher, when the output dimension was reduced
     fidelity = embedding_fidelity(out, ref)
     fp_size = footprint(fp[0].auto_model)
     size = footprint(args.output_dir)
@@ -61,13 +107,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nFidelity to fp32 on {fidelity.n_texts} real sentences (reloaded from {args.output_dir}):")
     print(f"  mean cosine {fidelity.mean_cosine:.4f}   min cosine {fidelity.min_cosine:.4f}   "
           f"top-10 neighbour agreement {fidelity.neighbour_agreement_at_10:.3f}")
-    print("  (post-training ternarization; distil with `ternary-hf distill` to recover quality)")
+    if not pre_quantized:
+        print("  (post-training ternarization; distil with `ternary-hf distill` to recover quality)")
     report = {
         "model": model_id,
         "config": {k: v for k, v in config.to_dict().items() if k != "loader_hint"},
         "footprint": size.as_dict(),
         "fidelity": fidelity.as_dict(),
         "load_and_quantize_seconds": load_s,
+        "vocabulary": result.vocabulary.as_dict() if result.vocabulary is not None else None,
+        "pca": vars(result.pca) if result.pca is not None else None,
     }
     # sentence-transformers copies the fp32 model's README; replace it with the ternary model card.
     base_model = args.model or DEFAULT_MODEL_ID
