@@ -314,7 +314,7 @@ def test_minilm_int4_and_pruned_vocabulary_reach_a_tenth_of_fp32(minilm_path, tm
 
     corpus = wikipedia_paragraphs()[:400]  # training-side text (bundled with gensim)
     st = load_ternary_sentence_transformer(minilm_path, TernaryConfig(embedding_dtype="int4"))
-    covered = [p[:200] for p in corpus[:4]]
+    covered = [p.split(". ")[0] for p in corpus[:4]]  # whole words of the corpus
     before = st.encode(covered, convert_to_tensor=True)
     result = compress(st, tmp_path, prune_corpus=corpus)
     size = ternary_hf.footprint(tmp_path)
