@@ -80,7 +80,7 @@ class TernaryHfQuantizer(HfQuantizer):
             config.mode = "inference"  # a packed checkpoint can only be loaded packed
         embeddings = select_embedding_modules(model, config, by_module, pre_quantized=self.pre_quantized)
         replace_linear_modules(model, names, config, dtype)
-        if config.mode == "inference":  # in QAT the tables stay trainable; they are stored int8 on save
+        if config.mode == "inference":  # in QAT the tables stay trainable; they are stored quantized on save
             replace_embedding_modules(model, embeddings, dtype, config)
         ignored = set(model._keys_to_ignore_on_load_unexpected or ())
         model._keys_to_ignore_on_load_unexpected = ignored | {re.escape(HINT_KEY)}
@@ -128,13 +128,15 @@ class TernaryHfQuantizer(HfQuantizer):
             if isinstance(table, torch.nn.Embedding):  # QAT keeps float tables in memory
                 rows, scale = quantize_rows(table.weight, config.embedding_dtype, config.embedding_group_size, config.rule)
                 state[f"{name}.weight"], state[f"{name}.weight_scale"] = rows, scale.to(table.weight.dtype)
-                embeddings[name] = {"dtype": config.embedding_dtype, "shape": list(table.weight.shape)}
+                embeddings[name] = {"dtype": config.embedding_dtype, "shape": list(table.weight.shape),
+                                    "group_size": config.embedding_group_size}
         for name, table in model.named_modules():
             if isinstance(table, QuantizedEmbedding):
-                embeddings[name] = {"dtype": table.kind, "shape": [table.num_embeddings, table.embedding_dim]}
+                embeddings[name] = {"dtype": table.kind, "shape": [table.num_embeddings, table.embedding_dim],
+                                    "group_size": table.group_size}
         for entry in embeddings.values():
-            if entry["dtype"] == "int4":
-                entry["group_size"] = config.embedding_group_size
+            if entry["dtype"] != "int4":
+                del entry["group_size"]
         state[HINT_KEY] = torch.zeros(0, dtype=torch.uint8)
         metadata = {
             METADATA_KEY: json.dumps({"version": __version__, "shapes": shapes, "embeddings": embeddings}),
