@@ -166,6 +166,17 @@ def test_post_training_embedding_quantization_of_a_packed_checkpoint(tiny_bert_d
         quantize_embeddings(m2, "ternary")
 
 
+@pytest.mark.parametrize("kind", ["int4", "ternary"])
+def test_qat_keeps_float_tables_and_saves_them_quantized(kind, tiny_bert_dir, tmp_path):
+    q = AutoModel.from_pretrained(tiny_bert_dir, quantization_config=_config(kind, mode="qat"))
+    assert type(q.embeddings.word_embeddings) is nn.Embedding  # trainable while distilling
+    q.save_pretrained(tmp_path)
+    table = AutoModel.from_pretrained(tmp_path).embeddings.word_embeddings
+    assert isinstance(table, QuantizedEmbedding) and table.kind == kind
+    codes, scale = quantize_rows(q.embeddings.word_embeddings.weight, kind, group_size=16)
+    assert torch.equal(table.weight, codes) and torch.equal(table.weight_scale, scale)
+
+
 def test_tied_tables_stay_float_with_a_warning(tmp_path, caplog):
     BertForMaskedLM(tiny_bert_config()).save_pretrained(tmp_path)
     with caplog.at_level(logging.WARNING, logger="ternary_hf.integration"):
