@@ -2,7 +2,7 @@
 
 arXiv 2207.12852 reduces the teacher's embedding dimension before distilling to it. Here the reduction is
 post-training: the principal axes of the *teacher's* sentence embeddings on a corpus (training texts, never
-the evaluation sets) become a linear `Dense(hidden -> dim)` module (bias = -W @ mean, i.e. centred PCA)
+the evaluation sets) become a linear `Dense(hidden -> dim)` module (bias = -W @ mean, i.e. centred PCA, computed with torch's SVD)
 appended to the model, followed by `Normalize` when the model normalized its output. The saved model's
 `modules.json` lists it, so `SentenceTransformer(path).encode(...)` returns the reduced embeddings and
 `footprint()` reports the output dimension. The student is not re-distilled to the reduced teacher
@@ -33,18 +33,21 @@ class PcaReport:
 
 
 def fit_pca(embeddings: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """`(components [dim, d], mean [d], explained variance fraction)` of `[n, d]` embeddings (scikit-learn PCA)."""
-    from sklearn.decomposition import PCA
-
-    x = embeddings.detach().float().cpu().numpy()
+    """`(components [dim, d], mean [d], explained variance fraction)` of `[n, d]` embeddings: the top right
+    singular vectors of the centred matrix (float64 SVD; signs fixed so each axis' largest loading is positive)."""
+    x = embeddings.detach().to(torch.float64).cpu()
     n, d = x.shape
     if not 0 < dim < d:
         raise ValueError(f"output_dim={dim} must be between 1 and the embedding dimension {d} (exclusive).")
     if n < dim:
         raise ValueError(f"PCA to {dim} dimensions needs at least {dim} texts; got {n}. Pass a larger corpus.")
-    pca = PCA(n_components=dim, svd_solver="full", random_state=0).fit(x)
-    return (torch.from_numpy(pca.components_).float(), torch.from_numpy(pca.mean_).float(),
-            float(pca.explained_variance_ratio_.sum()))
+    mean = x.mean(dim=0)
+    _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)
+    components = vh[:dim]
+    signs = torch.sign(components.gather(1, components.abs().argmax(dim=1, keepdim=True)))
+    components = components * signs
+    explained = float((s[:dim] ** 2).sum() / (s ** 2).sum())
+    return components.float(), mean.float(), explained
 
 
 def pca_dense(components: torch.Tensor, mean: torch.Tensor) -> Any:

@@ -235,11 +235,16 @@ def _prune_table(model: nn.Module, kept: list[int]) -> None:
 
 def _load(model_or_path: Any):
     """`(sentence_transformer or None, transformers model, tokenizer)`."""
-    from sentence_transformers import SentenceTransformer
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:  # transformers layout only
+        SentenceTransformer = ()  # noqa: N806  (isinstance(x, ()) is False)
 
-    if isinstance(model_or_path, SentenceTransformer):
+    if isinstance(model_or_path, SentenceTransformer) and SentenceTransformer != ():
         st = model_or_path
     elif isinstance(model_or_path, (str, os.PathLike)) and (Path(model_or_path) / "modules.json").exists():
+        if SentenceTransformer == ():
+            raise ImportError(f"{model_or_path} is a sentence-transformers model: pip install 'ternary-hf[st]'.")
         st = SentenceTransformer(str(model_or_path), device="cpu")
     else:
         st = None
