@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-count", type=int, default=1, help="Pruning keeps tokens seen at least this often.")
     parser.add_argument("--wordnet-queries", type=int, default=1000, help="Queries of the WordNet retrieval task.")
     parser.add_argument("--skip-ternary", action="store_true", help="Leave out the ternary-embeddings row.")
+    parser.add_argument("--rows", type=int, nargs="+", default=None,
+                        help="Evaluate only these rows (0-based, in this order), e.g. --rows 3 4 0 1 2.")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -103,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_ternary:
         variants.append(("(ternary embeddings + pruned)", dict(embedding_dtype="ternary", prune_corpus=corpus)))
 
+    order = args.rows if args.rows is not None else range(len(variants))
     rows = []
-    for i, (name, options) in enumerate(variants):
+    for i in order:
+        name, options = variants[i]
         out = work / f"variant{i}"
         t0 = time.perf_counter()
         result = compress(load_ternary_sentence_transformer(args.distilled), out, embedding_group_size=args.group_size,

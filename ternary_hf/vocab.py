@@ -115,13 +115,22 @@ def _vocabulary_from_dir(path: Path) -> list[str] | None:
     return None
 
 
-def _count_ids(tokenizer: Any, texts: list[str], batch_size: int = 1024) -> Counter:
-    counts: Counter = Counter()
+def _token_ids(tokenizer: Any, texts: list[str], batch_size: int = 1024) -> list[list[int]]:
+    out: list[list[int]] = []
     for i in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[i: i + batch_size], add_special_tokens=False, truncation=False)["input_ids"]
-        for ids in enc:
-            counts.update(ids)
+        out += tokenizer(texts[i: i + batch_size], add_special_tokens=False, truncation=False)["input_ids"]
+    return out
+
+
+def _count(id_lists: Iterable[list[int]]) -> Counter:
+    counts: Counter = Counter()
+    for ids in id_lists:
+        counts.update(ids)
     return counts
+
+
+def _count_ids(tokenizer: Any, texts: list[str]) -> Counter:
+    return _count(_token_ids(tokenizer, texts))
 
 
 def _coverage(counts: Counter, kept: set[int]) -> float:
@@ -300,7 +309,8 @@ def prune_vocabulary(
             f"The tokenizer has {original} tokens but the embedding table has "
             f"{model.get_input_embeddings().num_embeddings} rows; they must match before pruning."
         )
-    counts = _count_ids(tokenizer, texts)
+    per_text = _token_ids(tokenizer, texts)
+    counts = _count(per_text)
     specials = {int(i) for i in tokenizer.all_special_ids} | {t["id"] for t in spec.get("added_tokens", [])}
     chars = _character_ids(vocab) if keep_characters else set()
     extra = specials | chars
@@ -312,8 +322,8 @@ def prune_vocabulary(
         order = list(range(len(texts)))
         random.Random(0).shuffle(order)
         cut = len(texts) // 10
-        test = _count_ids(tokenizer, [texts[i] for i in order[:cut]])
-        train = _count_ids(tokenizer, [texts[i] for i in order[cut:]])
+        test = _count(per_text[i] for i in order[:cut])
+        train = _count(per_text[i] for i in order[cut:])
         heldout = _coverage(test, _select_ids(train, min_count, max_tokens) | extra)
     eval_cov = None
     if eval_texts is not None:
