@@ -32,6 +32,7 @@ from transformers import (AutoModel, Trainer, TrainingArguments, ViTConfig, ViTF
                           ViTImageProcessor, ViTModel)
 
 import ternary_hf
+from ternary_hf.evaluation.fidelity import paired_cosine
 from ternary_hf.evaluation.vision import encode_images, knn_accuracy, linear_probe_accuracy
 from ternary_hf.footprint import footprint
 from ternary_hf.training import DistillationArguments, TernaryDistillationTrainer
@@ -109,11 +110,15 @@ def distil(args, fp32_dir: str, teacher: ViTModel, train_x: torch.Tensor, out_di
     return [h for h in trainer.state.log_history if "loss" in h]
 
 
-def score(model, probe_x, probe_y, test_x, test_y, batch: int) -> dict[str, float]:
+def score(model, probe_x, probe_y, test_x, test_y, batch: int, reference: np.ndarray | None = None) -> dict:
+    """Linear-probe and k-NN accuracy of the frozen CLS embeddings; with `reference` (the fp32 encoder's test
+    embeddings), also their mean cosine to it: how closely the ternary encoder reproduces the fp32 features."""
     train_f = encode_images(model, probe_x, pooling="cls", batch_size=batch)
     test_f = encode_images(model, test_x, pooling="cls", batch_size=batch)
+    ref = test_f if reference is None else reference
     return {"probe": linear_probe_accuracy(train_f, probe_y, test_f, test_y),
-            "knn": knn_accuracy(train_f, probe_y, test_f, test_y, k=10)}
+            "knn": knn_accuracy(train_f, probe_y, test_f, test_y, k=10),
+            "cos": float(paired_cosine(test_f, ref).mean()), "test_features": test_f}
 
 
 def main() -> None:
@@ -168,13 +173,15 @@ def main() -> None:
         head_acc = float(np.mean([(clf(pixel_values=test_x[i:i + 500]).logits.argmax(-1).numpy() ==
                                    test_y[i:i + 500]).mean() for i in range(0, len(test_y), 500)]))
     rows.append(("fp32", score(teacher, probe_x, probe_y, test_x, test_y, args.batch), footprint(teacher)))
+    reference = rows[0][1]["test_features"]
     times["fp32 scoring"] = time.perf_counter() - t
 
     t = time.perf_counter()
     ptq = ViTModel.from_pretrained(fp32_dir, add_pooling_layer=False, quantization_config=ternary_hf.TernaryConfig())
     ptq.save_pretrained(ptq_dir)
     ptq = AutoModel.from_pretrained(ptq_dir)
-    rows.append(("ternary PTQ", score(ptq, probe_x, probe_y, test_x, test_y, args.batch), footprint(ptq_dir)))
+    rows.append(("ternary PTQ", score(ptq, probe_x, probe_y, test_x, test_y, args.batch, reference),
+                 footprint(ptq_dir)))
     times["PTQ + scoring"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -183,7 +190,7 @@ def main() -> None:
     times["distillation"] = time.perf_counter() - t
     t = time.perf_counter()
     distilled = AutoModel.from_pretrained(distilled_dir)  # the packed checkpoint, as a user would load it
-    rows.append(("ternary distilled", score(distilled, probe_x, probe_y, test_x, test_y, args.batch),
+    rows.append(("ternary distilled", score(distilled, probe_x, probe_y, test_x, test_y, args.batch, reference),
                  footprint(distilled_dir)))
     times["distilled scoring"] = time.perf_counter() - t
 
@@ -193,10 +200,10 @@ def main() -> None:
           f"scored on {len(test_y)} test images; CLS pooling.")
     print(f"distillation: {args.distill_steps} steps x {args.batch} images, loss {logs[0]['loss']:.4f} -> "
           f"{logs[-1]['loss']:.4f}\n")
-    print("| encoder | linear probe | retained | k-NN (k=10) | weights | vs fp32 |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| encoder | linear probe | retained | k-NN (k=10) | cos to fp32 | weights | vs fp32 |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, s, fp in rows:
-        print(f"| {name} | {s['probe']:.4f} | {s['probe'] / base:.1%} | {s['knn']:.4f} | "
+        print(f"| {name} | {s['probe']:.4f} | {s['probe'] / base:.1%} | {s['knn']:.4f} | {s['cos']:.4f} | "
               f"{fp.total / 2**20:.2f} MiB | {fp.ratio:.3f}x |")
     print("\n" + "  ".join(f"{k}: {v:.0f}s" for k, v in times.items()))
     print(f"total wall time: {time.perf_counter() - started:.0f} s ({torch.get_num_threads()} threads; "
