@@ -14,8 +14,8 @@
     OMP_NUM_THREADS=1 PYTHONPATH=$PWD nice -n 10 python examples/vit_fashion_mnist.py --fast   # smoke run
 
 Measured on this machine (2 shared CPU cores, one thread, load average 5-7 from other jobs): the default
-run took 7 min (425 s: fp32 training 286 s, distillation 90 s) and the --fast run 42 s; on a busier
-machine the same run took up to 18 min. One thread is the robust choice on a shared machine: with two
+run took 7 min (425 s: fp32 training 286 s, distillation 90 s) and the --fast run 42 s; at load average
+~10, a run with half the fp32 steps took 18 min. One thread is the robust choice on a shared machine: with two
 threads and other jobs running, torch's threads wait on each other and every step gets slower.
 Prints the table and the run time of each stage; everything is written under --output-dir.
 """

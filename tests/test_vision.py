@@ -185,3 +185,30 @@ def test_linear_probe_and_knn_accuracy():
     assert linear_probe_accuracy(tx, shuffled, vx, vy) < 0.5 and knn_accuracy(tx, shuffled, vx, vy, k=5) < 0.5
     with pytest.raises(ValueError, match="same dim"):
         knn_accuracy(tx, ty, vx[:, :8], vy)
+
+
+# ---- the Fashion-MNIST example, end to end on a few steps ----
+
+def test_fashion_mnist_example_runs_end_to_end(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    data_dir = "/usr/share/datasets/fashion-mnist"
+    if not os.path.isdir(data_dir):
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, os.path.join(root, "examples", "vit_fashion_mnist.py"), "--output-dir", str(tmp_path),
+         "--train-steps", "20", "--distill-steps", "6", "--probe-train", "300", "--test", "300", "--quiet"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "MiB" in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["fp32", "ternary PTQ", "ternary distilled"]
+    for row in rows:  # accuracies are fractions; the ternary checkpoints are much smaller than fp32
+        probe, knn = float(row.split("|")[2]), float(row.split("|")[4])
+        assert 0.1 < probe <= 1 and 0.1 < knn <= 1
+    assert float(rows[2].split("|")[-2].strip().rstrip("x")) < 0.2
+    packed = AutoModel.from_pretrained(tmp_path / "distilled")
+    assert isinstance(packed.layers[0].mlp.fc1, TernaryLinear)
