@@ -9,7 +9,6 @@ Image data can be a `datasets.Dataset` with an image column (PIL images / arrays
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
