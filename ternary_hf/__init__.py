@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 from .config import TernaryConfig  # noqa: E402
 from .layer import TernaryLinear  # noqa: E402
-from .embedding import Int8Embedding  # noqa: E402
+from .embedding import Int8Embedding, QuantizedEmbedding  # noqa: E402
 from .integration import dequantize_modules, freeze_to_inference, is_ternary_model  # noqa: E402
 from .quantizer import TernaryHfQuantizer, register  # noqa: E402
 from .footprint import Footprint, footprint  # noqa: E402
@@ -21,6 +21,7 @@ __all__ = [
     "CardInfo",
     "Footprint",
     "Int8Embedding",
+    "QuantizedEmbedding",
     "TernaryConfig",
     "TernaryHfQuantizer",
     "TernaryLinear",
@@ -41,6 +42,11 @@ _LAZY = {
     "TernaryDistillationTrainer": "ternary_hf.training",
     "DistillationArguments": "ternary_hf.training",
     "export_onnx": "ternary_hf.onnx_export",
+    "compress": "ternary_hf.compress",
+    "prune_vocabulary": "ternary_hf.vocab",
+    "check_tokenizer": "ternary_hf.vocab",
+    "VocabularyMismatchError": "ternary_hf.vocab",
+    "reduce_output_dimension": "ternary_hf.dimension",
 }
 
 
