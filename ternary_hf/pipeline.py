@@ -574,9 +574,8 @@ def run_quickstart(config: QuickstartConfig, printer: Callable[[str], None] = pr
         # 4. evaluate fp32, PTQ and the reloaded distilled model on the same tasks
         stages.start("evaluate", f"evaluating fp32, PTQ and distilled on {', '.join(sizes.tasks)} + fidelity")
         tasks, sets, wn_task = evaluation_data(sizes, config.seed)
-        base_rep = evaluate(fp32, tasks)
-        ptq_rep = evaluate(ptq, tasks)
-        dist_rep = evaluate(distilled, tasks)
+        bars = config.show_progress and not config.fast
+        base_rep, ptq_rep, dist_rep = (evaluate(m, tasks, show_progress_bar=bars) for m in (fp32, ptq, distilled))
         for rep in (ptq_rep, dist_rep):
             rep.fidelity = teacher_fidelity(rep.cache, base_rep.cache, sets)
         comparisons = {"PTQ": Comparison.build(ptq_rep, base_rep), "distilled": Comparison.build(dist_rep, base_rep)}
