@@ -483,7 +483,8 @@ class _Stages:
             self._name = None
 
 
-def _card_eval_results(comparison: Any, tasks: list) -> tuple[list[dict], list[dict]]:
+def _card_eval_results(comparison: Any) -> tuple[list[dict], list[dict]]:
+    """Model-card evaluation results (huggingface_hub `EvalResult` fields) of the model and of fp32."""
     kinds = {r.task: r.kind for r in comparison.model.results}
     task_types = {"pairs": "sentence-similarity", "retrieval": "text-retrieval", "classification": "text-classification"}
     ternary, fp32 = [], []
@@ -630,7 +631,7 @@ def run_quickstart(config: QuickstartConfig, printer: Callable[[str], None] = pr
             "checkpoint": {"path": MODEL_SUBDIR, "ternary_layers": len(checkpoint_info.ternary_layers),
                            "kind": checkpoint_info.kind},
         }
-        ternary_evals, fp32_evals = _card_eval_results(comparisons["distilled"], tasks)
+        ternary_evals, fp32_evals = _card_eval_results(comparisons["distilled"])
         card = CardInfo(
             base_model=results["base_model"] if results["base_model"] and not Path(results["base_model"]).exists() else None,
             eval_results=ternary_evals, fp32_eval_results=fp32_evals,
