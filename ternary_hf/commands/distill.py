@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..config import GRANULARITIES, RULES
+from ..training.precision import cpu_bf16_training_defaults
 
 WORDNET = "wordnet"
 WIKIPEDIA = "wikipedia"
@@ -42,6 +43,8 @@ RECIPE_TRAINING_DEFAULTS: dict[str, Any] = {
     "save_total_limit": 2,
     "report_to": "none",
     "dataloader_drop_last": False,
+    # bf16 autocast on CPUs that compute bf16 natively: ~2x the steps per minute (training/precision.py)
+    **cpu_bf16_training_defaults(),
 }
 RECIPE_DISTILLATION_DEFAULTS: dict[str, Any] = {
     "time_budget_minutes": 30.0,

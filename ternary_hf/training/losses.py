@@ -15,21 +15,25 @@ from torch import nn
 
 def masked_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error over the real tokens of `[batch, seq, dim]` tensors (`mask` is `[batch, seq]`)."""
+    # fp32 arithmetic: under bf16 autocast the hidden states arrive in bf16, whose 8-bit mantissa would
+    # round away the small residuals the student is being trained to close.
+    student = student.float()
     m = mask.to(student.dtype).unsqueeze(-1)
     n = (m.sum() * student.shape[-1]).clamp(min=1.0)
-    return ((student - teacher.to(student.dtype)) ** 2 * m).sum() / n
+    return ((student - teacher.float()) ** 2 * m).sum() / n
 
 
 def cosine_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Mean of `1 - cos(student_i, teacher_i)` over the batch of `[batch, dim]` embeddings."""
-    return (1.0 - F.cosine_similarity(student, teacher.to(student.dtype), dim=-1)).mean()
+    return (1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)).mean()
 
 
 def attention_kl(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """KL(teacher || student) between attention distributions `[batch, heads, q, k]`, averaged over the
     heads and the real query tokens (TernaryBERT's attention-score distillation, on probabilities)."""
     eps = 1e-8
-    t = teacher.to(student.dtype)
+    student = student.float()
+    t = teacher.float()
     kl = (t * ((t + eps).log() - (student + eps).log())).sum(-1)  # [batch, heads, q]
     m = mask.to(student.dtype).unsqueeze(1)  # [batch, 1, q]
     return (kl * m).sum() / (m.sum() * student.shape[1]).clamp(min=1.0)
