@@ -470,12 +470,13 @@ class _Stages:
         self.times: dict[str, float] = {}
         self._name: str | None = None
         self._t0 = 0.0
+        self._run_start = time.monotonic()
 
     def start(self, name: str, message: str) -> None:
         self.stop()
         self.n += 1
         self._name, self._t0 = name, time.monotonic()
-        self.print(f"[{self.n}/{self.total}] {message}")
+        self.print(f"[{self.n}/{self.total} at {(self._t0 - self._run_start) / 60:.1f} min] {message}")
 
     def stop(self) -> None:
         if self._name is not None:
