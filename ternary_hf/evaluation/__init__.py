@@ -6,6 +6,8 @@
   :func:`load_classification_task`).
 - Metrics come from sentence-transformers' evaluators and scikit-learn (see
   :mod:`ternary_hf.evaluation.tasks`); teacher fidelity from :mod:`ternary_hf.evaluation.fidelity`.
+- Image encoders (ViT): :func:`encode_images` (pooled CLS / mean-patch embeddings), then
+  :func:`linear_probe_accuracy` and :func:`knn_accuracy` on the frozen features.
 - Reports: :meth:`Comparison.to_markdown`, :meth:`Comparison.save` (JSON, Markdown, PNG plot).
 
 CLI: ``ternary-hf eval MODEL [--baseline FP_MODEL] [--quantize] [--out DIR]``.
@@ -31,6 +33,7 @@ from ternary_hf.evaluation.suite import (
 )
 from ternary_hf.evaluation.tasks import EmbeddingCache, TaskResult, run_task
 from ternary_hf.evaluation.user_tasks import load_classification_task, load_pair_task, load_retrieval_task
+from ternary_hf.evaluation.vision import encode_images, knn_accuracy, linear_probe_accuracy
 
 __all__ = [
     "DEFAULT_TASKS",
@@ -44,7 +47,10 @@ __all__ = [
     "comparison_markdown",
     "default_fidelity_sets",
     "default_tasks",
+    "encode_images",
     "evaluate",
+    "knn_accuracy",
+    "linear_probe_accuracy",
     "load_classification_task",
     "load_model",
     "load_pair_task",

@@ -76,7 +76,7 @@ def check_teacher_compatible(student: nn.Module, teacher: nn.Module, *, same_dep
             f"Teacher architecture {t_cfg.model_type!r} differs from the student's {s_cfg.model_type!r}; "
             "self-distillation needs the full-precision copy of the same model."
         )
-    fields = ["hidden_size", "vocab_size"]
+    fields = ["hidden_size", "vocab_size", "num_channels", "patch_size"]  # absent fields (None) match
     if same_depth:  # per-layer terms pair the layers one to one
         fields += ["num_hidden_layers", "num_attention_heads"]
     for name in fields:
@@ -133,17 +133,18 @@ class TeacherCache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for e in self._store.values() for t in e.values())
 
-    def lookup(self, ids: list[int], mask: torch.Tensor, keys: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
-        """The batch's teacher outputs, padded like `mask`, when every example is cached; else None."""
+    def lookup(self, ids: list[int], mask: torch.Tensor | None, keys: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
+        """The batch's teacher outputs, padded like `mask`, when every example is cached; else None.
+        `mask=None` (images): every example has all its tokens, none is padded."""
         if not all(i in self._store for i in ids):
             return None
-        batch, seq = mask.shape
         out: dict[str, torch.Tensor] = {}
         for key in keys:
             first = self._store[ids[0]][key]
-            if key == "sentence_embedding":
+            if key == "sentence_embedding" or mask is None:
                 out[key] = torch.stack([self._store[i][key] for i in ids]).float()
                 continue
+            batch, seq = mask.shape
             # token-level tensors are stored trimmed to the example's real length (last dim is hidden)
             lead = first.shape[:-2]
             padded = first.new_zeros(batch, *lead, seq, first.shape[-1])

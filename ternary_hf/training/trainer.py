@@ -27,6 +27,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from ..integration import is_ternary_model, ternary_modules
 from .data import ID_COLUMN, LENGTH_COLUMN, DistillationCollator, load_texts, synthesize_long_documents, tokenize_texts
+from .images import IMAGE_COLUMNS, ImageDistillationCollator, image_pooling, is_image_encoder, load_images
 from .losses import DistillationLoss, LossWeights
 from .teacher import TeacherCache, base_model_of, check_teacher_compatible, load_pooling, load_teacher, model_source
 
@@ -51,6 +52,11 @@ class DistillationArguments:
         default=None,
         metadata={"help": "Dataset column with the texts ('a,b' for pairs: each side is a text). Default: "
                   "`text`, `sentence`, ... or a known pair such as sentence1/sentence2."},
+    )
+    image_column: str | None = field(
+        default=None,
+        metadata={"help": "Image encoders: dataset column with the images (raw images, preprocessed per batch by "
+                  "the image processor) or pixel_values. Default: pixel_values, image, img, ..."},
     )
     max_length: int = field(
         default=256, metadata={"help": "Truncate texts to this many tokens (batches are padded only to their longest)."}
@@ -83,8 +89,9 @@ class DistillationArguments:
     )
     pooling: str = field(
         default="auto",
-        metadata={"help": "Sentence pooling for the cosine term: `auto` (the model's sentence-transformers "
-                  "pooling, else mean), or mean / cls / max / mean_sqrt_len_tokens / weightedmean / lasttoken."},
+        metadata={"help": "Pooling for the cosine term. Text: `auto` (the model's sentence-transformers "
+                  "pooling, else mean), or mean / cls / max / mean_sqrt_len_tokens / weightedmean / lasttoken. "
+                  "Images: `auto` = cls (the CLS token), or mean (mean of the patch tokens)."},
     )
     quant_warmup_steps: int = field(
         default=0,
@@ -191,10 +198,14 @@ class TernaryDistillationTrainer(Trainer):
             the `length` column this trainer writes).
         train_dataset / eval_dataset: texts: a `datasets.Dataset` with a text column (or pairs), a list of
             strings, or `.txt`/`.jsonl`/`.csv` path(s); or an already tokenised dataset with `input_ids`.
+            Images (the student's main input is `pixel_values`, e.g. a `ViTModel`): a `datasets.Dataset` with
+            an image or `pixel_values` column, a list of images, or a float tensor `[N, C, H, W]`; see
+            `ternary_hf.training.images`. No labels are used either way.
         teacher: the full-precision teacher model or its path; default `distillation_args.teacher`, else the
             student's source checkpoint.
         distillation_args: loss weights and data options (`DistillationArguments`).
-        tokenizer / processing_class: the tokenizer (default: loaded from the student's source).
+        tokenizer / processing_class: the tokenizer, or for images the image processor (default: loaded from
+            the student's source; images already given as `pixel_values` need none).
         Other keyword arguments go to `transformers.Trainer`.
 
     Raises:
@@ -219,8 +230,11 @@ class TernaryDistillationTrainer(Trainer):
         self.distillation_args = dargs = distillation_args or DistillationArguments()
         self._check_student(model)
         source = model_source(model)
+        self.is_image_model = is_image_encoder(model)
         processing_class = processing_class or tokenizer
-        if processing_class is None:
+        if processing_class is None and self.is_image_model:
+            processing_class = _image_processor_of(source)
+        elif processing_class is None:
             if not source:
                 raise ValueError("No tokenizer given and the student has no source path: pass tokenizer=.")
             from transformers import AutoTokenizer
@@ -230,8 +244,11 @@ class TernaryDistillationTrainer(Trainer):
         self.loss_fn = DistillationLoss(dargs.loss_weights(), dargs.intermediate_layers)
         check_teacher_compatible(model, self.teacher,
                                  same_depth=self.loss_fn.needs_hidden_states or self.loss_fn.needs_attentions)
-        hidden_size = base_model_of(model).config.hidden_size
-        self.pooling = load_pooling(source, hidden_size, dargs.pooling)
+        config = base_model_of(model).config
+        if self.is_image_model:
+            self.pooling = image_pooling(config, dargs.pooling)
+        else:
+            self.pooling = load_pooling(source, config.hidden_size, dargs.pooling)
         if self.loss_fn.needs_attentions:
             # sdpa does not return attention probabilities
             for m in (base_model_of(model), self.teacher):
@@ -263,7 +280,7 @@ class TernaryDistillationTrainer(Trainer):
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
-            data_collator=data_collator or DistillationCollator(processing_class),
+            data_collator=data_collator or self._default_collator(processing_class),
             **kwargs,
         )
         self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
@@ -292,10 +309,19 @@ class TernaryDistillationTrainer(Trainer):
                 "(ternary_hf.peft_integration.ternary_lora_config + peft.get_peft_model)."
             )
 
+    def _default_collator(self, processing_class: Any) -> Any:
+        if self.is_image_model:
+            return ImageDistillationCollator(processing_class, self.distillation_args.image_column or "image")
+        return DistillationCollator(processing_class)
+
     def _prepare_dataset(self, data: Any, tokenizer: Any, split: str, long_documents: int, seed: int) -> Any:
         import datasets
 
         dargs = self.distillation_args
+        if self.is_image_model:
+            if long_documents:
+                raise ValueError("DistillationArguments.long_documents applies to text; set it to 0 for images.")
+            return load_images(data, dargs.image_column)
         if isinstance(data, datasets.Dataset) and "input_ids" in data.column_names:
             if len(data) == 0:
                 raise ValueError(f"the {split} dataset is empty: there is nothing to distil on.")
@@ -313,7 +339,10 @@ class TernaryDistillationTrainer(Trainer):
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
-        for column in (ID_COLUMN, LENGTH_COLUMN):
+        extra = (ID_COLUMN, LENGTH_COLUMN)
+        if self.is_image_model:  # raw images reach the collator, which turns them into pixel_values
+            extra += tuple(filter(None, (self.distillation_args.image_column,))) + IMAGE_COLUMNS
+        for column in extra:
             if column not in self._signature_columns:
                 self._signature_columns.append(column)
 
@@ -321,6 +350,15 @@ class TernaryDistillationTrainer(Trainer):
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.pooling({"token_embeddings": hidden, "attention_mask": mask})["sentence_embedding"]
+
+    @staticmethod
+    def _token_mask(inputs: dict[str, torch.Tensor], out: Any) -> torch.Tensor:
+        """Which output tokens are real: the attention mask for text; all of them for images (no padding)."""
+        mask = inputs.get("attention_mask")
+        if mask is not None:
+            return mask
+        hidden = out.last_hidden_state
+        return torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
 
     def _collect(self, out: Any, mask: torch.Tensor) -> dict[str, Any]:
         result: dict[str, Any] = {
@@ -343,21 +381,23 @@ class TernaryDistillationTrainer(Trainer):
     @torch.no_grad()
     def teacher_outputs(self, inputs: dict[str, torch.Tensor], ids: torch.Tensor | None) -> dict[str, Any]:
         """The teacher's outputs for a batch (from the cache when every example is in it)."""
-        mask = inputs["attention_mask"]
+        mask = inputs.get("attention_mask")  # None for images: every token is real
+        device = next(v.device for v in inputs.values() if torch.is_tensor(v))
         cache = self.teacher_cache if ids is not None else None
         keys = ("last_hidden_state", "sentence_embedding") + (("hidden_states",) if self.loss_fn.needs_hidden_states else ())
         if cache is not None:
-            hit = cache.lookup(ids.tolist(), mask.cpu(), keys)
+            hit = cache.lookup(ids.tolist(), None if mask is None else mask.cpu(), keys)
             if hit is not None:
-                return self._unstack({k: v.to(mask.device) for k, v in hit.items()})
+                return self._unstack({k: v.to(device) for k, v in hit.items()})
         out = self.teacher(**inputs, **self._forward_kwargs())
-        result = self._collect(out, mask)
+        full_mask = self._token_mask(inputs, out)
+        result = self._collect(out, full_mask)
         if cache is None:
             return result
         if "hidden_states" in result:
             result["hidden_states"] = torch.stack(result["hidden_states"], dim=1)
-        stored = cache.store(ids.tolist(), mask.cpu(), {k: v.cpu() for k, v in result.items()})
-        return self._unstack({k: v.to(mask.device) for k, v in stored.items()})
+        stored = cache.store(ids.tolist(), full_mask.cpu(), {k: v.cpu() for k, v in result.items()})
+        return self._unstack({k: v.to(device) for k, v in stored.items()})
 
     @staticmethod
     def _unstack(outputs: dict[str, Any]) -> dict[str, Any]:
@@ -370,9 +410,9 @@ class TernaryDistillationTrainer(Trainer):
         inputs = dict(inputs)
         ids = inputs.pop(ID_COLUMN, None)
         inputs.pop(LENGTH_COLUMN, None)
-        mask = inputs["attention_mask"]
         teacher = self.teacher_outputs(inputs, ids)
         out = model(**inputs, **self._forward_kwargs())
+        mask = self._token_mask(inputs, out)
         loss, terms = self.loss_fn(self._collect(out, mask), teacher, mask)
         if model.training:
             for name, value in terms.items():
@@ -532,6 +572,18 @@ class TernaryDistillationTrainer(Trainer):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if self.args.should_save and self._source:
             copy_sentence_transformers_files(self._source, output_dir)
+
+
+def _image_processor_of(source: str | None) -> Any:
+    """The image processor saved with the student's source, or None (data must then be pixel_values)."""
+    if not source:
+        return None
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(source)
+    except (OSError, ValueError):
+        return None
 
 
 def copy_sentence_transformers_files(source: str, output_dir: str) -> list[str]:
