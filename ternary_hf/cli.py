@@ -6,9 +6,9 @@ import argparse
 import os
 import sys
 
-from .commands import ann, distill, eval as eval_cmd, push, quantize
+from .commands import ann, distill, eval as eval_cmd, push, quantize, quickstart
 
-SUBCOMMANDS = [quantize, distill, eval_cmd, ann, push]
+SUBCOMMANDS = [quickstart, quantize, distill, eval_cmd, ann, push]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -335,31 +335,6 @@ def build_student_trainer(command_args: Any, dargs: Any, targs: Any, data: Any, 
     return trainer
 
 
-def complete_sentence_transformers_modules(source: str, model_dir: Path) -> list[str]:
-    """Create the module folders that `modules.json` lists but the trainer did not write.
-
-    `TernaryDistillationTrainer.save_model` copies each module's `config.json`; a module without one
-    (e.g. `2_Normalize`, an empty folder) is then missing, which `ternary-hf push` rejects as an incomplete
-    checkpoint. Its files are copied from the source model (local folders only). Returns the folders made.
-    """
-    modules_file = model_dir / "modules.json"
-    if not modules_file.is_file() or not Path(source).is_dir():
-        return []
-    made = []
-    for module in json.loads(modules_file.read_text(encoding="utf-8")):
-        rel = module.get("path") or ""
-        target = model_dir / rel
-        if rel and not target.exists():
-            origin = Path(source) / rel
-            if origin.is_dir():
-                shutil.copytree(origin, target)
-            else:
-                target.mkdir(parents=True)
-            made.append(rel)
-    return made
-
-
-# --------------------------------------------------------------------------- evaluation data
 def small_wordnet_task(task: Any, n_docs: int, seed: int) -> Any:
     """``task`` with its corpus cut to the relevant documents + random distractors (``n_docs`` in all)."""
     from .data import RetrievalTask
@@ -565,7 +540,6 @@ def run_quickstart(config: QuickstartConfig, printer: Callable[[str], None] = pr
         stages.start("save", "saving the packed checkpoint and reloading it from disk")
         model_dir = staging / MODEL_SUBDIR
         trainer.save_model(str(model_dir))
-        complete_sentence_transformers_modules(source, model_dir)
         log_history = list(trainer.state.log_history)
         steps = trainer.state.global_step
         del trainer

@@ -315,3 +315,13 @@ def test_minilm_real_loss_decreases_and_saves_sentence_transformer(minilm_path, 
         return torch.nn.functional.cosine_similarity(model.encode(sentences, convert_to_tensor=True), ref).mean().item()
 
     assert fidelity(distilled) > fidelity(ptq) + 0.02
+
+
+def test_copy_sentence_transformers_files_creates_every_module_folder(tmp_path):
+    """`2_Normalize` has no files: its folder must still exist, or the saved model is incomplete."""
+    from ternary_hf.defaults import default_model_path
+    from ternary_hf.training.trainer import copy_sentence_transformers_files
+
+    copied = copy_sentence_transformers_files(str(default_model_path()), str(tmp_path))
+    assert "modules.json" in copied and os.path.join("1_Pooling", "config.json") in copied
+    assert (tmp_path / "2_Normalize").is_dir()

@@ -588,7 +588,8 @@ def _image_processor_of(source: str | None) -> Any:
 
 def copy_sentence_transformers_files(source: str, output_dir: str) -> list[str]:
     """Copy `modules.json`, `sentence_bert_config.json`, ... and each module's `config.json` (e.g.
-    `1_Pooling/config.json`) from `source` (local dir or Hub cache) to `output_dir`. Returns the files copied."""
+    `1_Pooling/config.json`) from `source` (local dir or Hub cache) to `output_dir`, creating every module
+    folder `modules.json` lists. Returns the files copied."""
     from transformers.utils import cached_file
 
     def fetch(name: str, subfolder: str = "") -> str | None:
@@ -601,7 +602,12 @@ def copy_sentence_transformers_files(source: str, output_dir: str) -> list[str]:
         return copied
     targets = [(name, "") for name in _ST_FILES]
     with open(modules_path, encoding="utf-8") as f:
-        targets += [("config.json", m["path"]) for m in json.load(f) if m.get("path")]
+        module_dirs = [m["path"] for m in json.load(f) if m.get("path")]
+    targets += [("config.json", d) for d in module_dirs]
+    # a module without files (e.g. `2_Normalize`) still needs its folder: sentence-transformers and
+    # `ternary-hf push` treat a listed but missing module folder as an incomplete checkpoint
+    for d in module_dirs:
+        os.makedirs(os.path.join(output_dir, d), exist_ok=True)
     for name, subfolder in targets:
         src = fetch(name, subfolder)
         if src is None:
