@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -189,17 +188,9 @@ def report_markdown(results: dict, comparisons: dict, checkpoint_footprint: Any)
 
 # --------------------------------------------------------------------------- plots
 def _save_figure(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
+    from .evaluation.report import save_figure
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_figure(fig, path, dpi=110)
 
 
 def plot_training_curve(curve: Sequence[dict], path: str | os.PathLike) -> str:

@@ -112,16 +112,24 @@ def plot_quality_vs_size(
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    save_figure(fig, path, dpi=120)
+    return str(path)
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> None:
+    """Write a matplotlib figure to `path` atomically (temp file in the same folder + rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
+        fig.savefig(tmp, dpi=dpi)
         os.replace(tmp, path)
     finally:
         plt.close(fig)
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return str(path)
 
 
 def _json_default(obj: Any) -> Any:
