@@ -1,15 +1,18 @@
-"""CPU serving speed of all-MiniLM-L6-v2: torch fp32, ternary (reference and fast backends), ONNX Runtime
-fp32, ONNX Runtime dynamic int8 (`quantize_dynamic` of the fp32 export) and ONNX Runtime on the ternary
-export. One table from one run.
+"""CPU serving speed of all-MiniLM-L6-v2: torch fp32, ternary (reference backend; fast = fused layers over the
+int8 kernels; fast, unfused = the same int8 linears with the rest eager), ONNX Runtime fp32, ONNX Runtime
+dynamic int8 (`quantize_dynamic` of the fp32 export) and ONNX Runtime on the ternary export. One table from
+one run.
 
 Speed: real text (gensim's Lee news corpus), batch 1 x 32 tokens and batch 32 x 128 tokens (no padding),
 every variant called in turn (A B C ... A B C ...) after a warm-up, median of `--rounds` rounds, reported
-as sentences/s and as a ratio to torch fp32 measured in the same rounds. Load time and peak RSS come from
-a fresh subprocess per variant (load the model from disk, prepare it, encode one 32 x 128 batch).
-A second table gives the fidelity of the int8 activation numerics: cosine of sentence embeddings to the
+as sentences/s and as a ratio to torch fp32 measured in the same rounds. In that protocol each call starts
+with caches holding the previous variant's weights; `--isolated` adds a table where each variant runs alone
+in its own process (warm caches, no other runtime's threads around). Load time and peak RSS come from a
+fresh subprocess per variant (load the model from disk, prepare it, encode one 32 x 128 batch).
+A last table gives the fidelity of the int8 activation numerics: cosine of sentence embeddings to the
 same ternary model with float activations.
 
-    HF_HUB_OFFLINE=1 python benchmarks/cpu_speed.py --threads 2 --rounds 5
+    HF_HUB_OFFLINE=1 python benchmarks/cpu_speed.py --threads 2 --rounds 5 --keep-freed-memory --isolated
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ import torch  # noqa: E402
 
 # glibc: serve allocations up to 1 GB from the heap and never return freed heap memory to the OS
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**32)}
-VARIANTS = ("torch fp32", "ternary reference", "ternary fast", "ORT fp32", "ORT int8 dynamic", "ORT ternary")
+VARIANTS = ("torch fp32", "ternary reference", "ternary fast", "ternary fast, unfused", "ORT fp32", "ORT int8 dynamic",
+            "ORT ternary")
 SHAPES = ((1, 32), (32, 128))
 
 
@@ -142,11 +146,12 @@ def load_runner(variant: str, paths: dict[str, Path], threads: int):
     else:
         model = AutoModel.from_pretrained(paths["ternary"]).eval()
     backend = "reference" if variant == "ternary reference" else "auto"
-    if variant == "ternary fast":
+    fused = variant == "ternary fast"  # "unfused": the same int8 kernels, one eager op after another
+    if variant.startswith("ternary fast"):
         ternary_hf.kernels.prepare(model)
 
     def run(inputs):
-        with torch.inference_mode(), ternary_hf.kernels.use_backend(backend):
+        with torch.inference_mode(), ternary_hf.kernels.use_backend(backend), ternary_hf.kernels.fused_layers(fused):
             return model(**inputs).last_hidden_state
 
     return run
@@ -166,6 +171,33 @@ def measure_load(variant: str, workdir: Path, threads: int, embedding_dtype: str
     if not line:
         raise RuntimeError(f"load measurement of {variant} failed:\n{out.stderr[-3000:]}")
     return json.loads(line[0][len("RESULT "):])
+
+
+def measure_isolated(variant: str, workdir: Path, threads: int, embedding_dtype: str, rounds: int) -> dict:
+    """In a fresh process holding only `variant`: median seconds per call at each shape (same protocol)."""
+    code = (
+        "import sys, json; sys.argv = ['x']; "
+        f"sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+        "import cpu_speed as b; "
+        f"print('RESULT', json.dumps(b._time_in_this_process({variant!r}, {str(workdir)!r}, {threads}, "
+        f"{embedding_dtype!r}, {rounds})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+    if not line:
+        raise RuntimeError(f"isolated timing of {variant} failed:\n{out.stderr[-3000:]}")
+    return {tuple(json.loads(k)): v for k, v in json.loads(line[0][len("RESULT "):]).items()}
+
+
+def _time_in_this_process(variant: str, workdir: str, threads: int, embedding_dtype: str, rounds: int) -> dict:
+    from transformers import AutoTokenizer
+
+    torch.set_num_threads(threads)
+    paths = build_artifacts(Path(workdir), embedding_dtype)
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    run = load_runner(variant, paths, threads)
+    return {json.dumps([size, length]): size / time_alternating({variant: run}, batch(tok, size, length), rounds)[variant]
+            for size, length in SHAPES}
 
 
 def _load_in_this_process(variant: str, workdir: str, threads: int, embedding_dtype: str) -> dict:
@@ -269,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="where exports are written (default: temp dir)")
     parser.add_argument("--skip-load", action="store_true", help="skip the load-time / peak-RSS subprocesses")
     parser.add_argument("--skip-fidelity", action="store_true", help="skip the numerics table")
+    parser.add_argument("--isolated", action="store_true",
+                        help="also time every variant alone in a fresh process (no other runtime loaded, its weights "
+                        "left in cache by its own previous call): a second table")
     parser.add_argument("--embedding-dtype", choices=("float", "int8"), default="float",
                         help="TernaryConfig.embedding_dtype of the ternary checkpoint")
     parser.add_argument("--keep-freed-memory", action="store_true",
@@ -296,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time_alternating(runners, batch(tok, size, length), args.rounds)
         speed[(size, length)] = {v: size / s for v, s in seconds.items()}
     del runners
+    isolated = ({v: measure_isolated(v, workdir, args.threads, args.embedding_dtype, args.rounds) for v in VARIANTS}
+                if args.isolated else {})
     loads = {} if args.skip_load else {v: measure_load(v, workdir, args.threads, args.embedding_dtype) for v in VARIANTS}
     load_after = os.getloadavg()
 
@@ -318,6 +355,15 @@ def main(argv: list[str] | None = None) -> int:
         cells += [f"{load['load_s']:.2f}" if load else "-", f"{load['peak_rss'] / 2**20:.0f}" if load else "-",
                   f"{checkpoint_bytes(v, paths) / 1e6:.1f}"]
         print("| " + " | ".join(cells) + " |")
+
+    if isolated:
+        print("\nEach variant alone in a fresh process (median of the same rounds); sentences/s (x torch fp32)\n")
+        print("| variant | 1x32 sent/s | x fp32 | 32x128 sent/s | x fp32 |\n|---|---|---|---|---|")
+        for v in VARIANTS:
+            cells = [v]
+            for shape in SHAPES:
+                cells += [f"{isolated[v][shape]:.1f}", f"{isolated[v][shape] / isolated['torch fp32'][shape]:.2f}"]
+            print("| " + " | ".join(cells) + " |")
 
     if not args.skip_fidelity:
         print("\nNumerics: cosine of mean-pooled embeddings to the ternary model with float activations "

@@ -93,6 +93,7 @@ class TernaryHfQuantizer(HfQuantizer):
     def _process_model_after_weight_loading(self, model, **kwargs):
         from .hub import enable_push_to_hub
 
+        from .kernels import install_fused_layers
         from .vocab import check_tokenizer_files, install_vocabulary_guard
 
         # A pruned vocabulary: the tokenizer saved next to the weights must be the pruned one, and ids
@@ -100,6 +101,8 @@ class TernaryHfQuantizer(HfQuantizer):
         if getattr(self, "checkpoint_dir", None):
             check_tokenizer_files(self.checkpoint_dir, model.config)
         install_vocabulary_guard(model)
+        # Packed encoder layers get the fused CPU forward (it steps aside wherever it does not apply).
+        install_fused_layers(model)
         # `model.push_to_hub` then validates the packed checkpoint and writes the ternary model card.
         return enable_push_to_hub(model)
 

@@ -6,6 +6,9 @@ Backends (select with `TernaryConfig(backend=...)`, or at run time with `use_bac
   dense      dequantized weight cached once, float matmul
   cpu_int8   per-token int8 activations x int8 codes, `torch._int_mm` (oneDNN), exact int32 accumulation
   cuda       int8 `torch._int_mm` (cuBLASLt) or a cached dense weight in the input dtype
+On CPU, BERT-family encoder layers whose linears all run `cpu_int8` also get a fused layer forward
+(`fused_layer.py`: one GEMM for query/key/value, a C attention kernel, fused rescale + residual + LayerNorm),
+installed at load; `fused_layers(False)` turns it off for a block of code.
 All backends compute the layer's numerics: `actquant(x) @ (codes * scale)^T + bias`, where `actquant`
 is the layer's `activation_quant` (see `actquant.py`; QAT simulates the same).
 """
@@ -25,6 +28,7 @@ from .registry import (
     use_backend,
 )
 from . import reference, dense, cpu_int8, cuda  # noqa: E402,F401  (register the backends)
+from .fused_layer import fused_layer_count, fused_layers, install_fused_layers, uninstall_fused_layers  # noqa: E402
 
 __all__ = [
     "Backend",
@@ -34,12 +38,16 @@ __all__ = [
     "clear_kernel_cache",
     "fake_quantize_activations",
     "fake_quantize_per_token",
+    "fused_layer_count",
+    "fused_layers",
     "get_backend",
+    "install_fused_layers",
     "TokenQuant",
     "prepare",
     "quantize_per_token",
     "register_backend",
     "resolve_backend",
     "ternary_linear",
+    "uninstall_fused_layers",
     "use_backend",
 ]

@@ -171,9 +171,13 @@ class _StraightThrough(torch.autograd.Function):
 
 
 def prepare(model: torch.nn.Module, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> int:
-    """Build every packed `TernaryLinear`'s kernel state now (at load) instead of on the first forward.
+    """Build every packed `TernaryLinear`'s kernel state now (at load) instead of on the first forward, and
+    give BERT-family encoder layers the fused CPU forward (`fused_layer.py`; it only runs where it applies).
     Uses the backend a forward on `device` (default: where the layer's weights are) would use.
     Returns the number of layers prepared."""
+    from .fused_layer import install_fused_layers
+
+    install_fused_layers(model)
     n = 0
     for m in model.modules():
         if getattr(m, "is_packed", False) and hasattr(m, "weight_scale"):
