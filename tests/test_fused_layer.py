@@ -287,3 +287,11 @@ def test_fused_layer_inside_and_outside_inference_mode(padded_bert, count_fused)
     with torch.no_grad():
         b = model(**inputs).last_hidden_state
     assert len(count_fused) == 6 and torch.equal(a, b)
+
+
+def test_fused_layer_single_token(padded_bert, count_fused):
+    model, _ = padded_bert
+    one = {"input_ids": torch.tensor([[7]]), "attention_mask": torch.tensor([[1]])}
+    with fused_layers(False):
+        ref = hidden(model, one)
+    assert torch.allclose(hidden(model, one), ref, atol=2e-4, rtol=1e-3) and count_fused

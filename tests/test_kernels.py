@@ -331,9 +331,17 @@ def test_fast_backend_matches_reference_on_real_sentences(ternary_minilm, monkey
     model, tok = ternary_minilm
     sentences = [s for doc in lee_documents()[:40] for s in doc][:64]
     ref = embed(model, tok, sentences, "reference")
-    fast = embed(model, tok, sentences, "auto")
+    from ternary_hf.kernels import fused_layer, fused_layer_count, fused_layers
+
+    fused_calls = []
+    real_run = fused_layer.run_fused
+    monkeypatch.setattr(fused_layer, "run_fused", lambda *a, **k: fused_calls.append(1) or real_run(*a, **k))
+    fast = embed(model, tok, sentences, "auto")  # the fused encoder layers
+    assert fused_layer_count(model) == 6 and len(fused_calls) == 6
     assert resolve_backend(model.encoder.layer[0].intermediate.dense, torch.randn(1, 384)).name == "cpu_int8"
     assert (fast * ref).sum(-1).min() >= 0.999
+    with fused_layers(False):  # the int8 linears alone are bit-identical to the reference
+        assert torch.equal(embed(model, tok, sentences, "auto"), ref)
     monkeypatch.setattr(native, "_lib", None)
     monkeypatch.setattr(native, "_failure", "disabled for this test")
     eager = embed(model, tok, sentences, "cpu_int8")

@@ -89,7 +89,6 @@ class _Plan:
     head_dim: int
     scaling: float
     bypassed: tuple[nn.Module, ...]  # modules whose forward the fused path skips (hooks on them disable it)
-    trainable: tuple[torch.Tensor, ...]  # float parameters the fused path uses without autograd
     exact_gelu: bool
     structure: tuple[tuple[nn.Module, str, nn.Module], ...]  # (parent, name, child) as planned
     hook_dicts: tuple[dict, ...]  # the bypassed modules' hook dicts (mutated in place, never replaced)
@@ -100,6 +99,12 @@ class _Plan:
     @property
     def linears(self) -> tuple[nn.Module, ...]:
         return (*self.projections, self.attention_output, self.intermediate, self.output)
+
+    def wants_grad(self) -> bool:
+        """Whether a float parameter the fused path uses (it computes without autograd) requires grad."""
+        norms = (self.attention_norm, self.output_norm)
+        return (any(n.weight.requires_grad or n.bias.requires_grad for n in norms)
+                or any(m.bias is not None and m.bias.requires_grad for m in self.linears))
 
     def _current_sources(self) -> tuple:
         return tuple((t, t._version) if t is not None else None
@@ -180,7 +185,6 @@ def _plan_for(layer: nn.Module) -> _Plan | None:
         return None
     gelu = type(act).__name__ == "GELUActivation" and getattr(act, "act", None) is nn.functional.gelu
     bypassed = (attention, self_attn, attention.output, norm1, layer.intermediate, act, layer.output, norm2, *linears)
-    trainable = (norm1.weight, norm1.bias, norm2.weight, norm2.bias, *(m.bias for m in linears if m.bias is not None))
     scaling = getattr(self_attn, "scaling", head_dim ** -0.5)
     structure = (
         (layer, "attention", attention), (attention, "self", self_attn), (self_attn, "query", q),
@@ -192,7 +196,7 @@ def _plan_for(layer: nn.Module) -> _Plan | None:
     )
     hook_dicts = tuple(d for m in bypassed for d in (m._forward_pre_hooks, m._forward_hooks))
     return _Plan(layer.forward, (q, k, v), attn_out, norm1, inter, act, out, norm2, heads, head_dim, float(scaling),
-                 bypassed, trainable, gelu, structure, hook_dicts, 0)
+                 bypassed, gelu, structure, hook_dicts, 0)
 
 
 def install_fused_layers(model: nn.Module) -> int:
@@ -272,11 +276,13 @@ def _additive_mask(mask: torch.Tensor | None, batch: int, length: int) -> tuple[
 def _applies(layer: nn.Module, plan: _Plan, hidden: torch.Tensor, args: tuple, kwargs: dict) -> bool:
     if not _ENABLED.get() or layer.training or native.native_lib() is None:
         return False
-    if hidden.device.type != "cpu" or hidden.dtype != torch.float32 or hidden.dim() != 3:
+    if hidden.device.type != "cpu" or hidden.dtype != torch.float32 or hidden.dim() != 3 or not hidden.numel():
         return False
+    if hidden.shape[-1] != plan.projections[0].in_features:
+        return False  # let the layer's own forward raise its usual error
     if plan.attention_norm.weight.dtype != torch.float32 or plan.output_norm.weight.dtype != torch.float32:
         return False
-    if torch.is_grad_enabled() and (hidden.requires_grad or any(t.requires_grad for t in plan.trainable)):
+    if torch.is_grad_enabled() and (hidden.requires_grad or plan.wants_grad()):
         return False
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
         return False
