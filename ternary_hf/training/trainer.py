@@ -120,6 +120,12 @@ class DistillationArguments:
                   "max_steps high). Wall time is measured by rank 0 and shared with the other ranks. 0 or unset: "
                   "no budget (the TrainingArguments schedule over max_steps)."},
     )
+    calibration_examples: int = field(
+        default=0,
+        metadata={"help": "Start the student from calibrated ternary weights (GPTQ for ternary, "
+                  "`ternary_hf.calibration`) computed on this many training examples, instead of the plain rule's "
+                  "rounding; 0 = off. Its time is taken out of time_budget_minutes."},
+    )
     freeze_embeddings: bool = field(
         default=False,
         metadata={"help": "Freeze the student's input (word) embeddings; they stay full precision anyway."},
@@ -265,6 +271,12 @@ class TernaryDistillationTrainer(Trainer):
             for m in model.modules():
                 if isinstance(m, nn.Dropout):
                     m.p = 0.0
+        collator = data_collator or self._default_collator(processing_class)
+        calibration_seconds = 0.0
+        if dargs.calibration_examples and train_dataset is not None:
+            start = time.monotonic()
+            self._calibrate_student(model, train_dataset, collator, dargs.calibration_examples)
+            calibration_seconds = time.monotonic() - start
         if dargs.learn_scales:
             for _, layer in ternary_modules(model):
                 if layer.mode == "qat":
@@ -280,15 +292,42 @@ class TernaryDistillationTrainer(Trainer):
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
-            data_collator=data_collator or self._default_collator(processing_class),
+            data_collator=collator,
             **kwargs,
         )
         self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
         self.teacher.to(self.args.device)
         self.time_budget: TimeBudgetCallback | None = None
         if dargs.time_budget_minutes is not None:
-            self.time_budget = TimeBudgetCallback(dargs.time_budget_minutes * 60.0)
+            # the calibration is part of the run: what it took comes out of the budget
+            self.time_budget = TimeBudgetCallback(max(dargs.time_budget_minutes * 60.0 - calibration_seconds, 1.0))
             self.add_callback(self.time_budget)
+
+    @torch.no_grad()
+    def _calibrate_student(self, model: nn.Module, dataset: Any, collator: Any, examples: int) -> None:
+        """Replace the QAT student's latent weights by calibrated ternary weights (`ternary_hf.calibration`),
+        computed on the teacher (the same float weights) over the first `examples` training examples."""
+        from ..calibration import calibrate_linear_weights
+
+        student = base_model_of(model)
+        layers = {n: m for n, m in ternary_modules(student) if m.mode == "qat"}
+        if not layers:
+            return
+        teacher_modules = dict(self.teacher.named_modules())
+        missing = [n for n in layers if not isinstance(teacher_modules.get(n), nn.Linear)]
+        if missing:
+            raise ValueError(f"calibration: the teacher has no nn.Linear at {missing[:3]}; it must be the student's "
+                             "own full-precision architecture (or set calibration_examples=0).")
+        n = min(examples, len(dataset))
+        batches = []
+        for start in range(0, n, 32):
+            batch = dict(collator([dataset[i] for i in range(start, min(start + 32, n))]))
+            batch.pop(ID_COLUMN, None)
+            batch.pop(LENGTH_COLUMN, None)
+            batches.append({k: v.to(self.teacher.device) for k, v in batch.items() if torch.is_tensor(v)})
+        for name, weight in calibrate_linear_weights(self.teacher, layers, batches, **_rule_options(layers)).items():
+            layers[name].weight.copy_(weight.to(layers[name].weight.dtype))
+        logger.info("calibrated %d ternary layers on %d examples", len(layers), n)
 
     # ---- validation and data ----
 
@@ -637,6 +676,15 @@ class _full_strength:
     def __exit__(self, *exc: Any) -> None:
         for layer, strength in zip(self.layers, self.saved):
             layer.quant_strength = strength
+
+
+def _rule_options(layers: dict[str, nn.Module]) -> dict[str, Any]:
+    """The ternarization rule shared by the student's layers (calibration uses the same grid)."""
+    kinds = {(m.rule, m.granularity, m.group_size) for m in layers.values()}
+    if len(kinds) != 1:
+        raise ValueError(f"calibration needs one ternarization rule for all layers, the student mixes {sorted(kinds)}")
+    rule, granularity, group_size = kinds.pop()
+    return {"rule": rule, "granularity": granularity, "group_size": group_size}
 
 
 class TimeBudgetCallback(TrainerCallback):
