@@ -52,8 +52,12 @@ def test_calibrate_linear_weights_on_a_model(tiny_bert_dir):
     g = torch.Generator().manual_seed(0)
     batches = [{"input_ids": torch.randint(5, 120, (8, 12), generator=g),
                 "attention_mask": torch.ones(8, 12, dtype=torch.long)} for _ in range(4)]
-    weights = calibrate_linear_weights(model, names, batches)
-    assert sorted(weights) == sorted(names)
+    calibrated = calibrate_linear_weights(model, names, batches)
+    assert sorted(calibrated) == sorted(names)
+    weights = {n: c.weight for n, c in calibrated.items()}
+    for n, c in calibrated.items():  # the latent rounds to the calibrated codes
+        assert torch.equal(ternarize(c.latent, "twn", "per_channel")[0], ternarize(c.weight, "twn", "per_channel")[0])
+        assert not torch.equal(c.latent, c.weight)
     assert all(torch.equal(before[n], p) for n, p in model.state_dict().items())  # the model is left alone
 
     def output_error(replacements):
@@ -85,12 +89,12 @@ def test_trainer_starts_from_calibrated_weights(tiny_bert_dir, tmp_path):
     trainer = TernaryDistillationTrainer(model=student, args=args, train_dataset=texts,
                                          distillation_args=DistillationArguments(calibration_examples=24))
     layer = student.encoder.layer[0].intermediate.dense
-    calibrated = layer.weight.detach()
-    assert not torch.equal(calibrated, latent)
-    codes, scale = ternarize(calibrated, layer.rule, layer.granularity, layer.group_size)
-    assert torch.allclose(dequantize(codes, scale, layer.granularity, dtype=calibrated.dtype), calibrated,
-                          rtol=1e-6, atol=0)
-    # the learned scale starts at the calibrated grid's scale
-    assert torch.allclose(layer.weight_scale.detach().reshape(-1), scale.reshape(-1))
+    start = layer.weight.detach()
+    assert not torch.equal(start, latent)
+    codes, _ = ternarize(start, layer.rule, layer.granularity, layer.group_size)
+    plain_codes, plain_scale = ternarize(latent, layer.rule, layer.granularity, layer.group_size)
+    assert not torch.equal(codes, plain_codes)  # calibrated codes, not the plain rule's
+    # the learned scale starts at the calibrated grid's scale: the rule's scale of the original weights
+    assert torch.allclose(layer.weight_scale.detach().reshape(-1), plain_scale.reshape(-1), rtol=1e-5)
     trainer.train()
     assert trainer.state.global_step == 2

@@ -28,6 +28,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "--embedding-group-size values (~7x), ternary rows x per-row scale (~15x, lossier). "
                         "Applied post-training when MODEL is already a ternary (e.g. distilled) checkpoint.")
     p.add_argument("--embedding-group-size", type=int, default=64, help="Values per scale for --embedding-dtype int4.")
+    p.add_argument("--calibrate", type=int, default=0, metavar="N",
+                   help="Choose the ternary codes with calibration (GPTQ for ternary, ternary_hf.calibration) on N "
+                        "texts of --calibration-data instead of rounding each weight alone (all-MiniLM-L6-v2, "
+                        "N=512: mean cosine to fp32 0.553 -> 0.743 on short texts). 0 = off.")
+    p.add_argument("--calibration-data", nargs="+", default=["wordnet", "wikipedia"], metavar="CORPUS",
+                   help="Texts for --calibrate: `wordnet`, `wikipedia` and/or .txt/.jsonl/.csv files.")
     p.add_argument("--prune-vocab", nargs="+", metavar="CORPUS", default=None,
                    help="Keep only the tokens these texts use (plus specials and single characters): `wordnet`, "
                         "`wikipedia` (the bundled training texts) and/or .txt/.jsonl/.csv files. Never pass your "
@@ -76,6 +82,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"Ternarizing {model_id} with {config}")
         ternary = load_ternary_sentence_transformer(model_id, config)
     fp = SentenceTransformer(str(fp_source), device="cpu")
+    if args.calibrate:
+        if pre_quantized:
+            raise SystemExit("--calibrate applies to full-precision models; this one is already ternary.")
+        from ..calibration import calibrate_ternary_model
+
+        pool = _texts(args.calibration_data)
+        texts = random.Random(0).sample(pool, min(args.calibrate, len(pool)))
+        n = calibrate_ternary_model(ternary[0].auto_model, fp[0].auto_model, fp.tokenizer, texts)
+        print(f"Calibrated the codes of {n} layers on {len(texts)} texts ({' + '.join(args.calibration_data)})")
     load_s = time.perf_counter() - t0
     prune_texts = _texts(args.prune_vocab) if args.prune_vocab else None
     pca_texts = _texts(args.pca_corpus) if args.pca_corpus else prune_texts
