@@ -157,36 +157,31 @@ def load_runner(variant: str, paths: dict[str, Path], threads: int):
     return run
 
 
-def measure_load(variant: str, workdir: Path, threads: int, embedding_dtype: str) -> dict:
-    """In a fresh process: seconds to load + prepare, and peak RSS after encoding one 32 x 128 batch."""
+def _in_fresh_process(function: str, what: str, *args) -> object:
+    """`function(*args)` of this module run in a new Python process; its JSON result."""
     code = (
         "import sys, json; sys.argv = ['x']; "
         f"sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-        "import cpu_speed as b; "
-        f"print('RESULT', json.dumps(b._load_in_this_process({variant!r}, {str(workdir)!r}, {threads}, "
-        f"{embedding_dtype!r})))"
+        f"import cpu_speed as b; print('RESULT', json.dumps(b.{function}(*{args!r})))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
     if not line:
-        raise RuntimeError(f"load measurement of {variant} failed:\n{out.stderr[-3000:]}")
+        raise RuntimeError(f"{what} failed:\n{out.stderr[-3000:]}")
     return json.loads(line[0][len("RESULT "):])
 
 
+def measure_load(variant: str, workdir: Path, threads: int, embedding_dtype: str) -> dict:
+    """In a fresh process: seconds to load + prepare, and peak RSS after encoding one 32 x 128 batch."""
+    return _in_fresh_process("_load_in_this_process", f"load measurement of {variant}", variant, str(workdir),
+                             threads, embedding_dtype)
+
+
 def measure_isolated(variant: str, workdir: Path, threads: int, embedding_dtype: str, rounds: int) -> dict:
-    """In a fresh process holding only `variant`: median seconds per call at each shape (same protocol)."""
-    code = (
-        "import sys, json; sys.argv = ['x']; "
-        f"sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-        "import cpu_speed as b; "
-        f"print('RESULT', json.dumps(b._time_in_this_process({variant!r}, {str(workdir)!r}, {threads}, "
-        f"{embedding_dtype!r}, {rounds})))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
-    line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
-    if not line:
-        raise RuntimeError(f"isolated timing of {variant} failed:\n{out.stderr[-3000:]}")
-    return {tuple(json.loads(k)): v for k, v in json.loads(line[0][len("RESULT "):]).items()}
+    """In a fresh process holding only `variant`: sentences/s at each shape (same protocol)."""
+    result = _in_fresh_process("_time_in_this_process", f"isolated timing of {variant}", variant, str(workdir),
+                               threads, embedding_dtype, rounds)
+    return {tuple(json.loads(k)): v for k, v in result.items()}
 
 
 def _time_in_this_process(variant: str, workdir: str, threads: int, embedding_dtype: str, rounds: int) -> dict:

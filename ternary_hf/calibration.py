@@ -108,6 +108,15 @@ def latent_for_codes(target: torch.Tensor, start: torch.Tensor, rule: str = "twn
     return latent
 
 
+def shared_rule(layers: dict[str, nn.Module]) -> dict[str, object]:
+    """`{rule, granularity, group_size}` of `TernaryLinear` layers that must all use the same grid."""
+    kinds = {(m.rule, m.granularity, m.group_size) for m in layers.values()}
+    if len(kinds) != 1:
+        raise ValueError(f"calibration needs one ternarization rule for all layers, the model mixes {sorted(kinds)}")
+    rule, granularity, group_size = kinds.pop()
+    return {"rule": rule, "granularity": granularity, "group_size": group_size}
+
+
 def _encoder_blocks(model: nn.Module) -> list[nn.Module]:
     """The model's stack of transformer blocks (encoder.layer, layers, h, blocks), or the whole model."""
     for path in ("encoder.layer", "encoder.layers", "layers", "h", "blocks", "transformer.layer"):
@@ -188,17 +197,14 @@ def calibrate_ternary_model(ternary: nn.Module, float_model: nn.Module, tokenize
     layers = {n: m for n, m in ternary_modules(ternary) if m.is_packed}
     if not layers:
         raise ValueError("calibration: the model has no packed TernaryLinear layers")
-    kinds = {(m.rule, m.granularity, m.group_size) for m in layers.values()}
-    if len(kinds) != 1:
-        raise ValueError(f"calibration needs one ternarization rule for all layers, the model mixes {sorted(kinds)}")
-    rule, granularity, group_size = kinds.pop()
+    options = shared_rule(layers)
     device = next(float_model.parameters()).device
     batches = []
     for i in range(0, len(texts), batch_size):
         enc = tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
                         return_tensors="pt")
         batches.append({k: v.to(device) for k, v in enc.items()})
-    calibrated = calibrate_linear_weights(float_model, layers, batches, rule, granularity, group_size, damp)
+    calibrated = calibrate_linear_weights(float_model, layers, batches, damp=damp, **options)
     for name, cal in calibrated.items():
         layers[name].load_float_weight(cal.weight.to(layers[name].weight_scale.dtype))
     return len(calibrated)

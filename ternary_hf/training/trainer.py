@@ -312,12 +312,13 @@ class TernaryDistillationTrainer(Trainer):
         """Replace the QAT student's latent weights by weights that round to calibrated ternary codes
         (`ternary_hf.calibration`), computed on the teacher (the same float weights) over the first `examples`
         training examples. Returns each layer's calibrated scale."""
-        from ..calibration import calibrate_linear_weights
+        from ..calibration import calibrate_linear_weights, shared_rule
+        from ..ternarize import ternarize
 
         student = base_model_of(model)
         layers = {n: m for n, m in ternary_modules(student) if m.mode == "qat"}
         if not layers:
-            return
+            return {}
         teacher_modules = dict(self.teacher.named_modules())
         missing = [n for n in layers if not isinstance(teacher_modules.get(n), nn.Linear)]
         if missing:
@@ -330,9 +331,7 @@ class TernaryDistillationTrainer(Trainer):
             batch.pop(ID_COLUMN, None)
             batch.pop(LENGTH_COLUMN, None)
             batches.append({k: v.to(self.teacher.device) for k, v in batch.items() if torch.is_tensor(v)})
-        from ..ternarize import ternarize
-
-        options = _rule_options(layers)
+        options = shared_rule(layers)
         scales = {}
         # the latent weight, not the grid point: latent weights sitting on the grid start better (cosine loss
         # 0.24 vs 0.44 at step 10) but then train worse than the plain start (0.128 vs 0.107 at step 300)
@@ -689,15 +688,6 @@ class _full_strength:
     def __exit__(self, *exc: Any) -> None:
         for layer, strength in zip(self.layers, self.saved):
             layer.quant_strength = strength
-
-
-def _rule_options(layers: dict[str, nn.Module]) -> dict[str, Any]:
-    """The ternarization rule shared by the student's layers (calibration uses the same grid)."""
-    kinds = {(m.rule, m.granularity, m.group_size) for m in layers.values()}
-    if len(kinds) != 1:
-        raise ValueError(f"calibration needs one ternarization rule for all layers, the student mixes {sorted(kinds)}")
-    rule, granularity, group_size = kinds.pop()
-    return {"rule": rule, "granularity": granularity, "group_size": group_size}
 
 
 class TimeBudgetCallback(TrainerCallback):
