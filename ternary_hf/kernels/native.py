@@ -242,13 +242,28 @@ typedef float v16u __attribute__((vector_size(64), aligned(4)));
 #define TQ_FUSE __attribute__((optimize("fp-contract=fast")))
 #define TQ_ROWS 4
 
+/* acc[r] (+)= sum_k a[r * as + k] * b[k * bs + (0..31)] for r < 4: 8 accumulators (4 rows x 2 vectors) stay
+   in registers, enough independent chains to keep both FMA pipes busy. Scores (a = queries, b = transposed
+   keys) and outputs (a = probabilities, b = values) are both this product. */
+static inline __attribute__((always_inline)) TQ_FUSE void tile_4x32(const float* a, int64_t as, const float* b,
+                                                                     int64_t bs, int64_t K, v16 acc[TQ_ROWS][2]) {
+    v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
+    for (int64_t k = 0; k < K; ++k) {
+        const v16 x = *(const v16u*)(b + k * bs), y = *(const v16u*)(b + k * bs + 16);
+        const float r0 = a[k], r1 = a[as + k], r2 = a[2 * as + k], r3 = a[3 * as + k];
+        a0 += r0 * x; a1 += r1 * x; a2 += r2 * x; a3 += r3 * x;
+        b0 += r0 * y; b1 += r1 * y; b2 += r2 * y; b3 += r3 * y;
+    }
+    acc[0][0] = a0; acc[1][0] = a1; acc[2][0] = a2; acc[3][0] = a3;
+    acc[0][1] = b0; acc[1][1] = b1; acc[2][1] = b2; acc[3][1] = b3;
+}
+
 /* Multi-head self-attention over a fused projection: token t of sequence b has its query, key and value for
    head h at qkv[(b*L + t)*row + {qo, ko, vo} + h*D + (0..D-1)]. out[(b*L + t)*NH*D + h*D + d] =
    softmax_j(scaling * q_t . k_j + mask[b, t, j]) . v_j. `mask` is additive (element [b, t, j] at
    b*mb + t*mq + j; NULL = none); a query that can see no key gets zeros. One (sequence, head) per task: keys
-   transposed once into a zero-padded [D, Lp] block, values into [L, Dp]; then tiles of 4 queries x 32 keys
-   (scores) and 4 queries x 32 channels (outputs) accumulate in 8 registers (enough independent chains to
-   keep both FMA pipes busy). */
+   transposed once into a zero-padded [D, Lp] block, values into [L, Dp]; then `tile_4x32` gives 4 queries x
+   32 keys of scores, and after the softmax 4 queries x 32 channels of outputs. */
 TQ_FUSE void tq_attention(const float* qkv, int64_t B, int64_t L, int64_t NH, int64_t D, int64_t row,
                           int64_t qo, int64_t ko, int64_t vo, const float* mask, int64_t mb, int64_t mq,
                           float scaling, float* out, int nthreads) {
@@ -276,17 +291,12 @@ TQ_FUSE void tq_attention(const float* qkv, int64_t B, int64_t L, int64_t NH, in
                         for (int64_t d = 0; d < D; ++d) qs[r * D + d] = q[d] * scaling;
                     }
                     for (int64_t jb = 0; jb < Lp; jb += 32) {
-                        v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
-                        for (int64_t d = 0; d < D; ++d) {
-                            const v16 k = *(const v16u*)(kt + d * Lp + jb), l = *(const v16u*)(kt + d * Lp + jb + 16);
-                            const float x0 = qs[d], x1 = qs[D + d], x2 = qs[2 * D + d], x3 = qs[3 * D + d];
-                            a0 += x0 * k; a1 += x1 * k; a2 += x2 * k; a3 += x3 * k;
-                            b0 += x0 * l; b1 += x1 * l; b2 += x2 * l; b3 += x3 * l;
+                        v16 acc[TQ_ROWS][2];
+                        tile_4x32(qs, D, kt + jb, Lp, D, acc);
+                        for (int r = 0; r < TQ_ROWS; ++r) {
+                            *(v16u*)(sc + r * Lp + jb) = acc[r][0];
+                            *(v16u*)(sc + r * Lp + jb + 16) = acc[r][1];
                         }
-                        *(v16u*)(sc + jb) = a0; *(v16u*)(sc + Lp + jb) = a1;
-                        *(v16u*)(sc + 2 * Lp + jb) = a2; *(v16u*)(sc + 3 * Lp + jb) = a3;
-                        *(v16u*)(sc + jb + 16) = b0; *(v16u*)(sc + Lp + jb + 16) = b1;
-                        *(v16u*)(sc + 2 * Lp + jb + 16) = b2; *(v16u*)(sc + 3 * Lp + jb + 16) = b3;
                     }
                     for (int r = 0; r < TQ_ROWS; ++r) {
                         float* sr = sc + r * Lp;
@@ -306,15 +316,9 @@ TQ_FUSE void tq_attention(const float* qkv, int64_t B, int64_t L, int64_t NH, in
                         inv[r] = 1.0f / sum;
                     }
                     for (int64_t db = 0; db < Dp; db += 32) {
-                        v16 c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}, e0 = {0}, e1 = {0}, e2 = {0}, e3 = {0};
-                        for (int64_t j = 0; j < L; ++j) {
-                            const v16 v = *(const v16u*)(vv + j * Dp + db), u = *(const v16u*)(vv + j * Dp + db + 16);
-                            const float p0 = sc[j], p1 = sc[Lp + j], p2 = sc[2 * Lp + j], p3 = sc[3 * Lp + j];
-                            c0 += p0 * v; c1 += p1 * v; c2 += p2 * v; c3 += p3 * v;
-                            e0 += p0 * u; e1 += p1 * u; e2 += p2 * u; e3 += p3 * u;
-                        }
-                        const v16 cs[TQ_ROWS][2] = {{c0 * inv[0], e0 * inv[0]}, {c1 * inv[1], e1 * inv[1]},
-                                                    {c2 * inv[2], e2 * inv[2]}, {c3 * inv[3], e3 * inv[3]}};
+                        v16 cs[TQ_ROWS][2];
+                        tile_4x32(sc, Lp, vv + db, Dp, L, cs);
+                        for (int r = 0; r < TQ_ROWS; ++r) { cs[r][0] *= inv[r]; cs[r][1] *= inv[r]; }
                         const int64_t w = D - db < 32 ? D - db : 32;
                         for (int r = 0; r < nt; ++r) {
                             float* o = out + (b * L + t0 + r) * NH * D + h * D + db;
