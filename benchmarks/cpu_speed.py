@@ -5,9 +5,10 @@ one run.
 
 Speed: real text (gensim's Lee news corpus), batch 1 x 32 tokens and batch 32 x 128 tokens (no padding),
 every variant called in turn (A B C ... A B C ...) after a warm-up, median of `--rounds` rounds, reported
-as sentences/s and as a ratio to torch fp32 measured in the same rounds. In that protocol each call starts
-with caches holding the previous variant's weights; `--isolated` adds a table where each variant runs alone
-in its own process (warm caches, no other runtime's threads around). Load time and peak RSS come from a
+as sentences/s and as a ratio to torch fp32 measured in the same rounds. Every timed call follows 0.1 s of
+idle (`PAUSE_S`): the latency of a request reaching an idle server, caches holding the previous variant's
+data. `--isolated` adds a table where each variant runs alone in its own process, calls back to back (no
+pause, warm caches, no other runtime's threads around): throughput under load. Load time and peak RSS come from a
 fresh subprocess per variant (load the model from disk, prepare it, encode one 32 x 128 batch).
 A last table gives the fidelity of the int8 activation numerics: cosine of sentence embeddings to the
 same ternary model with float activations.
@@ -39,7 +40,13 @@ import torch  # noqa: E402
 
 # glibc: serve allocations up to 1 GB from the heap and never return freed heap memory to the OS
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**32)}
-VARIANTS = ("torch fp32", "ternary reference", "ternary fast", "ternary fast, unfused", "ORT fp32", "ORT int8 dynamic",
+# Idle time before every timed call: each call starts like a request reaching an idle server. It must outlast
+# every runtime's spinning threads: ONNX Runtime's intra-op workers keep spinning ~45 ms after each run
+# (measured: 45 ms of CPU time in the 50 ms after a MiniLM run, none in the next 50 ms), and with a shorter
+# pause they compete with whatever runs next.
+PAUSE_S = 0.1
+VARIANTS = ("torch fp32", "ternary reference", "ternary fast", "ternary fast, per layer", "ternary fast, unfused", "ORT fp32",
+            "ORT int8 dynamic",
             "ORT ternary")
 SHAPES = ((1, 32), (32, 128))
 
@@ -125,6 +132,7 @@ def checkpoint_bytes(variant: str, paths: dict[str, Path]) -> int:
 def load_runner(variant: str, paths: dict[str, Path], threads: int):
     """A callable `run(inputs)` for `variant`, fully prepared (weights loaded, kernels built)."""
     import ternary_hf
+    from ternary_hf.kernels.fused_model import whole_model
     from transformers import AutoModel
 
     if variant.startswith("ORT"):
@@ -146,12 +154,16 @@ def load_runner(variant: str, paths: dict[str, Path], threads: int):
     else:
         model = AutoModel.from_pretrained(paths["ternary"]).eval()
     backend = "reference" if variant == "ternary reference" else "auto"
-    fused = variant == "ternary fast"  # "unfused": the same int8 kernels, one eager op after another
+    # "ternary fast": the whole model in one native call; "per layer": one native call per encoder layer (the
+    # path of BERT-family models other than BertModel); "unfused": the same int8 kernels, one eager op after another
+    fused = variant in ("ternary fast", "ternary fast, per layer")
+    whole = variant == "ternary fast"
     if variant.startswith("ternary fast"):
         ternary_hf.kernels.prepare(model)
 
     def run(inputs):
-        with torch.inference_mode(), ternary_hf.kernels.use_backend(backend), ternary_hf.kernels.fused_layers(fused):
+        with torch.inference_mode(), ternary_hf.kernels.use_backend(backend), ternary_hf.kernels.fused_layers(fused), \
+                whole_model(whole):
             return model(**inputs).last_hidden_state
 
     return run
@@ -191,7 +203,8 @@ def _time_in_this_process(variant: str, workdir: str, threads: int, embedding_dt
     paths = build_artifacts(Path(workdir), embedding_dtype)
     tok = AutoTokenizer.from_pretrained(minilm_path())
     run = load_runner(variant, paths, threads)
-    return {json.dumps([size, length]): size / time_alternating({variant: run}, batch(tok, size, length), rounds)[variant]
+    return {json.dumps([size, length]): size / time_alternating({variant: run}, batch(tok, size, length), 4 * rounds,
+                                                                warmup=5, pause=0)[variant]
             for size, length in SHAPES}
 
 
@@ -220,15 +233,16 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def time_alternating(runners: dict, inputs, rounds: int, warmup: int = 2) -> dict[str, float]:
-    """Median seconds per call of each runner, calls interleaved round by round."""
+def time_alternating(runners: dict, inputs, rounds: int, warmup: int = 2, pause: float = PAUSE_S) -> dict[str, float]:
+    """Median seconds per call of each runner, calls interleaved round by round, `pause` s of idle before each."""
     for run in runners.values():
         for _ in range(warmup):
             run(inputs)
     times = {name: [] for name in runners}
     for _ in range(rounds):
         for name, run in runners.items():
-            time.sleep(0.02)  # let the previous runtime's spinning worker threads go idle
+            if pause:
+                time.sleep(pause)
             start = time.perf_counter()
             run(inputs)
             times[name].append(time.perf_counter() - start)
@@ -297,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-load", action="store_true", help="skip the load-time / peak-RSS subprocesses")
     parser.add_argument("--skip-fidelity", action="store_true", help="skip the numerics table")
     parser.add_argument("--isolated", action="store_true",
-                        help="also time every variant alone in a fresh process (no other runtime loaded, its weights "
-                        "left in cache by its own previous call): a second table")
+                        help="also time every variant alone in a fresh process, calls back to back (no other runtime "
+                        "loaded, warm caches): a second table")
     parser.add_argument("--embedding-dtype", choices=("float", "int8"), default="float",
                         help="TernaryConfig.embedding_dtype of the ternary checkpoint")
     parser.add_argument("--keep-freed-memory", action="store_true",
@@ -337,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
              if args.keep_freed_memory else ""))
     print(f"Load average (1/5/15 min) before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
           f"after: {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
-    print(f"Median of {args.rounds} alternating rounds after warm-up; sentences/s (x torch fp32 of the same rounds)\n")
+    print(f"Median of {args.rounds} alternating rounds after warm-up, {PAUSE_S:g} s idle before each call; "
+          "sentences/s (x torch fp32 of the same rounds)\n")
     header = ["variant", "1x32 sent/s", "x fp32", "32x128 sent/s", "x fp32", "load s", "peak RSS MiB", "checkpoint MB"]
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")
@@ -352,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
         print("| " + " | ".join(cells) + " |")
 
     if isolated:
-        print("\nEach variant alone in a fresh process (median of the same rounds); sentences/s (x torch fp32)\n")
+        print(f"\nEach variant alone in a fresh process, calls back to back (median of {4 * args.rounds} after 5 warm-up "
+              "calls); sentences/s (x torch fp32)\n")
         print("| variant | 1x32 sent/s | x fp32 | 32x128 sent/s | x fp32 |\n|---|---|---|---|---|")
         for v in VARIANTS:
             cells = [v]

@@ -19,6 +19,7 @@ from ternary_hf.kernels import (
     use_backend,
 )
 from ternary_hf.kernels import fused_layer
+from ternary_hf.kernels.fused_model import whole_model
 
 from conftest import tiny_bert_config
 
@@ -119,6 +120,8 @@ def padded_bert(tmp_path_factory):
 
 @pytest.fixture
 def count_fused(monkeypatch):
+    """Counts fused layer calls, with the whole-model path (tests/test_fused_model.py) off: these tests are
+    about the per-layer path that other BERT-family models take."""
     calls = []
     real = fused_layer.run_fused
 
@@ -127,7 +130,8 @@ def count_fused(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(fused_layer, "run_fused", counting)
-    return calls
+    with whole_model(False):
+        yield calls
 
 
 def hidden(model, inputs, **kwargs):
@@ -295,3 +299,37 @@ def test_fused_layer_single_token(padded_bert, count_fused):
     with fused_layers(False):
         ref = hidden(model, one)
     assert torch.allclose(hidden(model, one), ref, atol=2e-4, rtol=1e-3) and count_fused
+
+
+def test_whole_layer_call_equals_the_stepwise_path(padded_bert):
+    """`tq_encoder_layer` (one native call, own GEMM) computes exactly what the step-by-step path (oneDNN GEMM,
+    one native call per step) computes: same integer products, same float operations."""
+    model, inputs = padded_bert
+    layer = model.encoder.layer[1]
+    plan = layer.__dict__[fused_layer._PLAN_ATTR]
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 23, 64, generator=g)
+    ok, mask = fused_layer._additive_mask(inputs["attention_mask"].bool()[:, None, None, :], 4, 23)
+    assert ok
+    with torch.inference_mode():
+        for m in (None, mask):
+            whole = fused_layer.run_fused(plan, x, m)
+            steps = fused_layer.run_fused(plan, x, m, whole_layer=False)
+            assert torch.equal(whole, steps)
+
+
+def test_whole_layer_call_threads_agree(padded_bert):
+    """With more threads the layer's steps are shared with the worker pool: same bits as one thread."""
+    model, _ = padded_bert
+    plan = model.encoder.layer[0].__dict__[fused_layer._PLAN_ATTR]
+    x = torch.randn(9, 40, 64, generator=torch.Generator().manual_seed(6))
+    before = torch.get_num_threads()
+    try:
+        with torch.inference_mode():
+            torch.set_num_threads(1)
+            one = fused_layer.run_fused(plan, x, None)
+            torch.set_num_threads(3)
+            three = fused_layer.run_fused(plan, x, None)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, three)

@@ -331,13 +331,18 @@ def test_fast_backend_matches_reference_on_real_sentences(ternary_minilm, monkey
     model, tok = ternary_minilm
     sentences = [s for doc in lee_documents()[:40] for s in doc][:64]
     ref = embed(model, tok, sentences, "reference")
-    from ternary_hf.kernels import fused_layer, fused_layer_count, fused_layers
+    from ternary_hf.kernels import fused_layer, fused_layer_count, fused_layers, fused_model
 
-    fused_calls = []
-    real_run = fused_layer.run_fused
-    monkeypatch.setattr(fused_layer, "run_fused", lambda *a, **k: fused_calls.append(1) or real_run(*a, **k))
-    fast = embed(model, tok, sentences, "auto")  # the fused encoder layers
-    assert fused_layer_count(model) == 6 and len(fused_calls) == 6
+    model_calls, layer_calls = [], []
+    real_model, real_layer = fused_model.run_model, fused_layer.run_fused
+    monkeypatch.setattr(fused_model, "run_model", lambda *a, **k: model_calls.append(1) or real_model(*a, **k))
+    monkeypatch.setattr(fused_layer, "run_fused", lambda *a, **k: layer_calls.append(1) or real_layer(*a, **k))
+    fast = embed(model, tok, sentences, "auto")  # the whole model in one native call
+    assert fused_layer_count(model) == 6 and len(model_calls) == 1 and not layer_calls
+    with fused_model.whole_model(False):
+        per_layer = embed(model, tok, sentences, "auto")  # one native call per encoder layer
+    assert len(layer_calls) == 6
+    assert (per_layer * ref).sum(-1).min() >= 0.999
     assert resolve_backend(model.encoder.layer[0].intermediate.dense, torch.randn(1, 384)).name == "cpu_int8"
     assert (fast * ref).sum(-1).min() >= 0.999
     with fused_layers(False):  # the int8 linears alone are bit-identical to the reference

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
+import dataclasses
 import threading
 import types
 from dataclasses import dataclass
@@ -95,6 +97,8 @@ class _Plan:
     recorder_hooks: int  # how many hooks there were when all of them were transformers' output recorders
     _states: tuple[Int8State, ...] | None = None  # query|key|value fused, attention output, intermediate, output
     _sources: tuple = ()
+    _native: native.TqLayer | None = None  # the whole layer for `tq_encoder_layer` (exact GELU only)
+    _keep: tuple = ()  # (the states it was built from, tensors `_native` points into)
 
     @property
     def linears(self) -> tuple[nn.Module, ...]:
@@ -128,6 +132,28 @@ class _Plan:
         self._states, self._sources = (fused, *parts[3:]), sources
         return self._states
 
+    def native_layer(self) -> native.TqLayer | None:
+        """The layer as one native call reads it (current weights), or None for a non-exact GELU."""
+        states = self.states()
+        if self.exact_gelu and (self._native is None or self._keep[0] is not states):
+            self._native = self._native_layer()
+        return self._native
+
+    def __deepcopy__(self, memo: dict) -> "_Plan":
+        return copy_plan(self, memo, ("_native", "_keep"))
+
+    def _native_layer(self) -> native.TqLayer:
+        states = self._states
+        inputs = (self.projections[0], self.attention_output, self.intermediate, self.output)
+        panels = tuple(native.pack_gemm_weights(st.codes) for st in states)
+        linears = [native.linear_struct(st.codes, p, st.scales[0], st.bias, m.activation_outliers)
+                   for st, p, m in zip(states, panels, inputs)]
+        n1, n2 = self.attention_norm, self.output_norm
+        norms = tuple(t.detach() for t in (n1.weight, n1.bias, n2.weight, n2.bias))
+        self._keep = (states, panels, norms)
+        return native.TqLayer(*linears, *(t.data_ptr() for t in norms), n1.eps, n2.eps, self.scaling, self.heads,
+                              self.head_dim)
+
     def rewired(self) -> bool:
         """Whether a planned submodule was replaced since (e.g. PEFT wrapping a projection with an adapter)."""
         return any(parent._modules.get(name) is not child for parent, name, child in self.structure)
@@ -141,6 +167,16 @@ class _Plan:
             return True
         self.recorder_hooks = total  # transformers installs its recorders on the first forward
         return False
+
+
+def copy_plan(plan: Any, memo: dict, skip: tuple[str, ...]) -> Any:
+    """A deep copy of a plan dataclass with the `skip` fields (native structs: raw pointers into the original's
+    tensors, which cannot be copied) back at their defaults, to be rebuilt from the copy's own tensors."""
+    new = object.__new__(type(plan))
+    memo[id(plan)] = new
+    for f in dataclasses.fields(plan):
+        setattr(new, f.name, f.default if f.name in skip else copy.deepcopy(getattr(plan, f.name), memo))
+    return new
 
 
 def _is_packed_int8(m: Any) -> bool:
@@ -200,8 +236,11 @@ def _plan_for(layer: nn.Module) -> _Plan | None:
 
 
 def install_fused_layers(model: nn.Module) -> int:
-    """Give every fusable encoder layer of `model` the fused CPU forward (idempotent; the layer's own forward
-    still runs whenever the fused one does not apply). Returns the number of fused layers."""
+    """Give every fusable encoder layer of `model` the fused CPU forward, and a BERT model whose layers all
+    fuse the whole-model forward (`fused_model.py`) (idempotent; the own forwards still run whenever the fused
+    ones do not apply). Returns the number of fused layers."""
+    from .fused_model import install_fused_model
+
     n = 0
     for module in model.modules():
         if _PLAN_ATTR in module.__dict__:
@@ -212,11 +251,15 @@ def install_fused_layers(model: nn.Module) -> int:
             module.__dict__[_PLAN_ATTR] = plan
             module.forward = types.MethodType(_fused_forward, module)
             n += 1
+    install_fused_model(model)
     return n
 
 
 def uninstall_fused_layers(model: nn.Module) -> int:
-    """Restore the original forward of every fused layer. Returns how many were restored."""
+    """Restore the original forward of every fused layer (and fused model). Returns how many layers."""
+    from .fused_model import uninstall_fused_model
+
+    uninstall_fused_model(model)
     n = 0
     for module in model.modules():
         if module.__dict__.pop(_PLAN_ATTR, None) is not None:
@@ -324,13 +367,22 @@ def _quantized_product(x: torch.Tensor, state: Int8State, outliers: int, out: to
     return acc, tq
 
 
-def run_fused(plan: _Plan, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """The layer's forward on float32 `[batch, length, hidden]` (see the module docstring)."""
+def _workspace_bytes(nbytes: int) -> torch.Tensor:
+    return _workspace.get("layer", nbytes, torch.uint8)
+
+
+def run_fused(plan: _Plan, hidden: torch.Tensor, mask: torch.Tensor | None, whole_layer: bool = True) -> torch.Tensor:
+    """The layer's forward on float32 `[batch, length, hidden]` (see the module docstring): one native call
+    (`tq_encoder_layer`) for the exact-GELU layers of BERT-family models, otherwise (or with
+    `whole_layer=False`) one native or oneDNN call per step."""
     batch, length, width = hidden.shape
     m = batch * length
     x = hidden.reshape(m, width)
     if not x.is_contiguous():
         x = x.contiguous()
+    layer = plan.native_layer() if whole_layer else None
+    if layer is not None:
+        return native.encoder_layer(layer, x, batch, length, mask, _workspace_bytes).view(batch, length, width)
     inner = plan.heads * plan.head_dim
     ws = _workspace
     qkv_state, out_state, inter_state, last_state = plan.states()
