@@ -61,6 +61,29 @@ def test_loss_terms_and_weights():
         LossWeights(cosine=-1)
 
 
+def test_relational_kl_reads_neighbour_order():
+    from ternary_hf.training.losses import relational_kl
+
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(16, 8, generator=g)
+    assert relational_kl(teacher * 3.0, teacher, 0.05).item() == pytest.approx(0.0, abs=1e-6)  # scale-free
+    assert relational_kl(teacher[:1], teacher[:1], 0.05).item() == 0.0  # no neighbours
+    student = (teacher + 0.5 * torch.randn(16, 8, generator=g)).requires_grad_()
+    loss = relational_kl(student, teacher, 0.05)
+    loss.backward()
+    assert loss.item() > 0 and torch.isfinite(student.grad).all() and student.grad.abs().sum() > 0
+    # only the geometry among the sentences counts: a rotated copy of the teacher pays nothing (cosine would)
+    rotated = teacher @ torch.linalg.qr(torch.randn(8, 8, generator=g))[0]  # same geometry, other coordinates
+    assert relational_kl(rotated, teacher, 0.05).item() == pytest.approx(0.0, abs=1e-4)
+    loss_fn = DistillationLoss(LossWeights(0.0, 1.0, relational_kl=2.0))
+    total, terms = loss_fn({"sentence_embedding": student.detach()}, {"sentence_embedding": teacher},
+                           torch.ones(16, 1))
+    assert set(terms) == {"cosine", "relational_kl"}
+    assert total.item() == pytest.approx((terms["cosine"] + 2 * terms["relational_kl"]).item())
+    with pytest.raises(ValueError, match="relational_temperature"):
+        LossWeights(relational_temperature=0)
+
+
 # ---- data ----
 
 def test_load_texts_sources(tmp_path):

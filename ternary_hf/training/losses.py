@@ -28,6 +28,23 @@ def cosine_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tenso
     return (1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)).mean()
 
 
+def relational_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) between in-batch neighbour distributions: for every embedding, the softmax over the
+    other embeddings of the batch of cosine / temperature. It trains the order of neighbours (what retrieval
+    reads) rather than each embedding's position on its own. `[batch, dim]`; 0 for a batch of one."""
+    b = student.shape[0]
+    if b < 2:
+        return student.new_zeros((), dtype=torch.float32)
+    s = F.normalize(student.float(), dim=-1)
+    t = F.normalize(teacher.float(), dim=-1)
+    self_pair = torch.eye(b, dtype=torch.bool, device=s.device)
+    s_logits = (s @ s.T / temperature).masked_fill(self_pair, float("-inf"))
+    t_logits = (t @ t.T / temperature).masked_fill(self_pair, float("-inf"))
+    t_prob = t_logits.softmax(-1)
+    kl = t_prob * (t_logits.log_softmax(-1) - s_logits.log_softmax(-1))
+    return kl.masked_fill(self_pair, 0.0).sum(-1).mean()
+
+
 def attention_kl(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """KL(teacher || student) between attention distributions `[batch, heads, q, k]`, averaged over the
     heads and the real query tokens (TernaryBERT's attention-score distillation, on probabilities)."""
@@ -47,13 +64,17 @@ class LossWeights:
     cosine: float = 1.0
     intermediate_mse: float = 0.0
     attention_kl: float = 0.0
+    relational_kl: float = 0.0
+    relational_temperature: float = 0.05
 
     def __post_init__(self) -> None:
-        for name in ("hidden_mse", "cosine", "intermediate_mse", "attention_kl"):
+        for name in ("hidden_mse", "cosine", "intermediate_mse", "attention_kl", "relational_kl"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"loss weight {name} must be a number >= 0, got {value!r}.")
-        if self.hidden_mse == self.cosine == self.intermediate_mse == self.attention_kl == 0:
+        if not isinstance(self.relational_temperature, (int, float)) or not self.relational_temperature > 0:
+            raise ValueError(f"relational_temperature must be a number > 0, got {self.relational_temperature!r}.")
+        if self.hidden_mse == self.cosine == self.intermediate_mse == self.attention_kl == self.relational_kl == 0:
             raise ValueError("all distillation loss weights are 0: nothing to train on; set at least one > 0.")
 
 
@@ -90,6 +111,9 @@ class DistillationLoss(nn.Module):
             terms["hidden_mse"] = masked_mse(student["last_hidden_state"], teacher["last_hidden_state"], mask)
         if w.cosine > 0:
             terms["cosine"] = cosine_distance(student["sentence_embedding"], teacher["sentence_embedding"])
+        if w.relational_kl > 0:
+            terms["relational_kl"] = relational_kl(student["sentence_embedding"], teacher["sentence_embedding"],
+                                                   w.relational_temperature)
         if w.intermediate_mse > 0:
             s_hs, t_hs = student["hidden_states"], teacher["hidden_states"]
             layers = self.intermediate_layers

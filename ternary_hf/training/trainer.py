@@ -93,6 +93,14 @@ class DistillationArguments:
                   "pooling, else mean), or mean / cls / max / mean_sqrt_len_tokens / weightedmean / lasttoken. "
                   "Images: `auto` = cls (the CLS token), or mean (mean of the patch tokens)."},
     )
+    relational_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the in-batch relational KL: teacher vs student softmax over each sentence's "
+                  "cosine to the other sentences of the batch (neighbour order, what retrieval reads)."},
+    )
+    relational_temperature: float = field(
+        default=0.05, metadata={"help": "Temperature of the relational KL's softmax over cosines."}
+    )
     quant_warmup_steps: int = field(
         default=0,
         metadata={"help": "Ramp quantization in over this many steps (strength = min(step / N, 1)); 0 = fully "
@@ -134,7 +142,7 @@ class DistillationArguments:
 
     def loss_weights(self) -> LossWeights:
         return LossWeights(self.hidden_mse_weight, self.cosine_weight, self.intermediate_mse_weight,
-                           self.attention_kl_weight)
+                           self.attention_kl_weight, self.relational_weight, self.relational_temperature)
 
     def __post_init__(self) -> None:
         self.loss_weights()  # validates the weights
