@@ -7,8 +7,9 @@ Backends (select with `TernaryConfig(backend=...)`, or at run time with `use_bac
   cpu_int8   per-token int8 activations x int8 codes, `torch._int_mm` (oneDNN), exact int32 accumulation
   cuda       int8 `torch._int_mm` (cuBLASLt) or a cached dense weight in the input dtype
 On CPU, BERT-family encoder layers whose linears all run `cpu_int8` also get a fused layer forward
-(`fused_layer.py`: one GEMM for query/key/value, a C attention kernel, fused rescale + residual + LayerNorm),
-installed at load; `fused_layers(False)` turns it off for a block of code.
+(`fused_layer.py`: the whole layer in one native call, over a 2-bit ternary GEMM), and a `BertModel` made of
+them a whole-model forward (`fused_model.py`: embeddings, layers and pooler in two native calls), installed
+at load; `fused_layers(False)` turns both off for a block of code, `fused_model.whole_model(False)` the second.
 All backends compute the layer's numerics: `actquant(x) @ (codes * scale)^T + bias`, where `actquant`
 is the layer's `activation_quant` (see `actquant.py`; QAT simulates the same).
 """

@@ -1,16 +1,20 @@
 """Fused CPU forward of BERT-family encoder layers made of packed `TernaryLinear`s (`cpu_int8` numerics).
 
-Per layer and forward, instead of ~60 eager ops and five separate int8 linears:
+Per layer and forward, instead of ~60 eager ops and five separate int8 linears, one native call
+(`native.tq_encoder_layer`):
 
-    x --quantize--> int8 GEMM [query|key|value] --rescale--> attention (C) --quantize--> GEMM (attention output)
-      --rescale + residual + LayerNorm (one pass)--> h --quantize--> GEMM (intermediate)
+    x --quantize--> GEMM [query|key|value] --rescale--> attention --quantize--> GEMM (attention output)
+      --rescale + residual + LayerNorm + quantize (one pass)--> GEMM (intermediate)
       --rescale + GELU + quantize (one pass)--> GEMM (output) --rescale + residual + LayerNorm--> y
 
 The three projections read the same input, so it is quantized once and multiplied by the concatenated codes
-(one GEMM, bit-identical to three). Intermediate results live in per-thread buffers reused across calls
-(fresh multi-megabyte tensors cost page faults on every forward); only the layer output is a new tensor.
-The linear numerics are exactly `cpu_int8`'s; attention, LayerNorm and GELU agree with torch to float
-rounding (so an activation rounding can flip now and then: embeddings agree to cosine > 0.9999).
+(one GEMM, bit-identical to three). The GEMMs are `native.py`'s, on 2-bit weight panels built once from the
+layer's codes. Intermediate results live in per-thread buffers reused across calls (fresh multi-megabyte
+tensors cost page faults on every forward); only the layer output is a new tensor. The linear numerics are
+exactly `cpu_int8`'s; attention, LayerNorm and GELU agree with torch to float rounding (so an activation
+rounding can flip now and then: embeddings agree to cosine > 0.9999). A layer whose activation is not the
+exact (erf) GELU runs the same steps one native / oneDNN call at a time (`run_fused(..., whole_layer=False)`,
+bit-identical to the single call where both apply).
 
 It runs only where it computes what the layer would: inference (eval mode, no autograd), float32 CPU input,
 the layer's backend resolving to `cpu_int8`, a self-attention mask of the usual forms, no attention

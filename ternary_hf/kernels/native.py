@@ -1,18 +1,22 @@
-"""Fused CPU pre/post-processing for the int8 GEMM, in C, compiled on first use with the system C compiler.
+"""The CPU kernels in C, compiled on first use with the system C compiler.
 
-The int8 GEMM itself is oneDNN's (`torch._int_mm`). What torch cannot do in one pass is everything around
-it: per-token quantization (absmax, divide, round, clamp, cast: five eager kernels and temporaries) and the
-rescale of the int32 result (cast, two multiplies, bias: four). Unfused, those passes cost more than the
-GEMM on MiniLM. Here each is one OpenMP-parallel pass; the rescale writes float32 over the int32 buffer.
+Two layers of them:
+* Passes around oneDNN's int8 GEMM (`torch._int_mm`) for the per-linear `cpu_int8` backend: per-token
+  quantization (absmax, divide, round, clamp, cast: five eager kernels and temporaries) and the rescale of
+  the int32 result (cast, two multiplies, bias: four), each one OpenMP-parallel pass.
+* Whole calls: a ternary GEMM on 2-bit weight panels (`tq_gemm`), one BERT encoder layer
+  (`tq_encoder_layer`: quantize, GEMMs, attention, LayerNorm, GELU), and a BERT model's embeddings + layers
+  (`tq_bert_encoder`) and pooler (`tq_linear_rows`), run on a small worker pool of their own.
 
-The float operations are exactly those of the torch reference (IEEE division, round-half-even, separate
-roundings: compiled with `-ffp-contract=off`, no fast-math), so results are bit-identical to
-`reference`. The library links the same `libgomp.so.1` soname torch already loaded, so it shares torch's
-OpenMP runtime, and the thread count is passed from `torch.get_num_threads()` on every call.
+The quantization and rescale operations are exactly those of the torch reference (IEEE division,
+round-half-even, separate roundings: compiled with `-ffp-contract=off`, no fast-math), so the linears are
+bit-identical to `reference`; attention, LayerNorm and GELU agree with torch to float rounding. The library
+links the same `libgomp.so.1` soname torch already loaded, so it shares torch's OpenMP runtime, and the
+thread count is passed from `torch.get_num_threads()` on every call.
 
-Why C through ctypes rather than a torch C++ extension: it needs no torch headers (builds in ~0.3 s,
-no ninja) and nothing at install time. Without a working C compiler (or with TERNARY_HF_NATIVE=0) the
-backend keeps working with the same numerics through eager torch ops.
+Why C through ctypes rather than a torch C++ extension: it needs no torch headers (builds in ~2 s, no
+ninja) and nothing at install time. Without a working C compiler (or with TERNARY_HF_NATIVE=0) the
+`cpu_int8` backend keeps working with the same numerics through eager torch ops (and nothing is fused).
 """
 
 from __future__ import annotations
