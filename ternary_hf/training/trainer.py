@@ -98,7 +98,7 @@ class DistillationArguments:
         metadata={"help": "Weight of the in-batch relational KL: teacher vs student softmax over each sentence's "
                   "cosine to the other sentences of the batch (neighbour order, what retrieval reads). Off by "
                   "default: on all-MiniLM-L6-v2 weight 1 / temperature 0.1 lowered WordNet nDCG@10 after 600 steps "
-                  "from 87.9% to 81.2% of fp32 (README, Self-distillation)."},
+                  "from 87.9%% to 81.2%% of fp32 (README, Self-distillation)."},
     )
     relational_temperature: float = field(
         default=0.05, metadata={"help": "Temperature of the relational KL's softmax over cosines."}
