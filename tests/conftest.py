@@ -17,6 +17,26 @@ def tiny_bert_config(**overrides):
     return BertConfig(**kw)
 
 
+def padded_ternary_bert(path):
+    """A random 3-layer BERT (hidden 64, 4 heads of 16, with a pooler) saved to `path` and loaded ternary, and
+    a padded batch of 4 x 23 tokens (the fused-layer and whole-model tests)."""
+    import torch
+    from transformers import AutoModel, BertModel
+
+    from ternary_hf import TernaryConfig
+
+    torch.manual_seed(0)
+    BertModel(tiny_bert_config(hidden_size=64, num_attention_heads=4, num_hidden_layers=3,
+                               intermediate_size=96)).eval().save_pretrained(path)
+    model = AutoModel.from_pretrained(path, quantization_config=TernaryConfig()).eval()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 120, (4, 23), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 15:] = 0
+    mask[3, 4:] = 0
+    return model, {"input_ids": ids, "attention_mask": mask}
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory):
     """A random full-precision BertModel saved to disk (intermediate_size=66: not divisible by 4)."""

@@ -21,7 +21,7 @@ from ternary_hf.kernels import (
 from ternary_hf.kernels import fused_layer
 from ternary_hf.kernels.fused_model import whole_model
 
-from conftest import tiny_bert_config
+from conftest import padded_ternary_bert
 
 pytestmark = pytest.mark.skipif(native.native_lib() is None, reason="no C compiler for the CPU kernels")
 
@@ -100,22 +100,7 @@ def test_rescale_add_layernorm_matches_torch():
 
 @pytest.fixture(scope="module")
 def padded_bert(tmp_path_factory):
-    """A random 3-layer BERT (hidden 64, 4 heads of 16) loaded ternary, and a padded batch."""
-    from transformers import BertModel
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("fused_bert")
-    BertModel(tiny_bert_config(hidden_size=64, num_attention_heads=4, num_hidden_layers=3,
-                               intermediate_size=96)).eval().save_pretrained(path)
-    from transformers import AutoModel
-
-    model = AutoModel.from_pretrained(path, quantization_config=TernaryConfig()).eval()
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(5, 120, (4, 23), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, 15:] = 0
-    mask[3, 4:] = 0
-    return model, {"input_ids": ids, "attention_mask": mask}
+    return padded_ternary_bert(tmp_path_factory.mktemp("fused_bert"))
 
 
 @pytest.fixture

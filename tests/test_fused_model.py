@@ -10,33 +10,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ternary_hf import TernaryConfig
 from ternary_hf.kernels import fused_layers, native, use_backend
 from ternary_hf.kernels import fused_model
 from ternary_hf.kernels.fused_model import fused_model_count, whole_model
 
-from conftest import tiny_bert_config
+from conftest import padded_ternary_bert
 
 pytestmark = pytest.mark.skipif(native.native_lib() is None, reason="no C compiler for the CPU kernels")
 
 
 @pytest.fixture(scope="module")
 def bert(tmp_path_factory):
-    """A random 3-layer ternary BERT with a pooler, and a padded batch with token types."""
-    from transformers import AutoModel, BertModel
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("whole_bert")
-    BertModel(tiny_bert_config(hidden_size=64, num_attention_heads=4, num_hidden_layers=3,
-                               intermediate_size=96)).eval().save_pretrained(path)
-    model = AutoModel.from_pretrained(path, quantization_config=TernaryConfig()).eval()
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(5, 120, (4, 23), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, 15:] = 0
-    mask[3, 4:] = 0
+    """The padded ternary BERT of the fused-layer tests, with token types in its batch."""
+    model, inputs = padded_ternary_bert(tmp_path_factory.mktemp("whole_bert"))
     types = (torch.arange(23) >= 12).long().expand(4, 23).contiguous()
-    return model, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    return model, {**inputs, "token_type_ids": types}
 
 
 @pytest.fixture

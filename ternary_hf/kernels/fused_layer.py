@@ -245,17 +245,34 @@ def install_fused_layers(model: nn.Module) -> int:
     ones do not apply). Returns the number of fused layers."""
     from .fused_model import install_fused_model
 
+    n = install_forward(model, _PLAN_ATTR, _plan_for, _fused_forward)
+    install_fused_model(model)
+    return n
+
+
+def install_forward(model: nn.Module, attr: str, plan_for: Any, forward: Any) -> int:
+    """For every module of `model` for which `plan_for(module)` gives a plan: keep the plan in
+    `module.__dict__[attr]` and make `forward` the module's forward (idempotent). Returns how many have one."""
     n = 0
     for module in model.modules():
-        if _PLAN_ATTR in module.__dict__:
+        if attr in module.__dict__:
             n += 1
             continue
-        plan = _plan_for(module)
+        plan = plan_for(module)
         if plan is not None:
-            module.__dict__[_PLAN_ATTR] = plan
-            module.forward = types.MethodType(_fused_forward, module)
+            module.__dict__[attr] = plan
+            module.forward = types.MethodType(forward, module)
             n += 1
-    install_fused_model(model)
+    return n
+
+
+def uninstall_forward(model: nn.Module, attr: str) -> int:
+    """Undo `install_forward`: the modules' own forwards again. Returns how many were restored."""
+    n = 0
+    for module in model.modules():
+        if module.__dict__.pop(attr, None) is not None:
+            module.__dict__.pop("forward", None)
+            n += 1
     return n
 
 
@@ -264,12 +281,7 @@ def uninstall_fused_layers(model: nn.Module) -> int:
     from .fused_model import uninstall_fused_model
 
     uninstall_fused_model(model)
-    n = 0
-    for module in model.modules():
-        if module.__dict__.pop(_PLAN_ATTR, None) is not None:
-            module.__dict__.pop("forward", None)
-            n += 1
-    return n
+    return uninstall_forward(model, _PLAN_ATTR)
 
 
 def fused_layer_count(model: nn.Module) -> int:

@@ -23,7 +23,6 @@ import dataclasses
 import ctypes
 import functools
 import operator
-import types
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -31,7 +30,8 @@ import torch
 from torch import nn
 
 from . import native
-from .fused_layer import _ENABLED, _PLAN_ATTR, _Plan, _has_hooks, _output_collector, _workspace, copy_plan
+from .fused_layer import (_ENABLED, _PLAN_ATTR, _Plan, _has_hooks, _output_collector, _workspace, copy_plan,
+                          install_forward, uninstall_forward)
 from .registry import _OVERRIDE, get_backend, kernel_state
 
 MODEL_CLASSES = frozenset({"BertModel"})
@@ -184,26 +184,11 @@ def _model_plan(model: nn.Module) -> _ModelPlan | None:
 
 def install_fused_model(model: nn.Module) -> int:
     """Give every BERT model inside `model` whose layers are all fused the whole-model forward. Returns how many."""
-    n = 0
-    for module in model.modules():
-        if _MODEL_ATTR in module.__dict__:
-            n += 1
-            continue
-        plan = _model_plan(module)
-        if plan is not None:
-            module.__dict__[_MODEL_ATTR] = plan
-            module.forward = types.MethodType(_model_forward, module)
-            n += 1
-    return n
+    return install_forward(model, _MODEL_ATTR, _model_plan, _model_forward)
 
 
 def uninstall_fused_model(model: nn.Module) -> int:
-    n = 0
-    for module in model.modules():
-        if module.__dict__.pop(_MODEL_ATTR, None) is not None:
-            module.__dict__.pop("forward", None)
-            n += 1
-    return n
+    return uninstall_forward(model, _MODEL_ATTR)
 
 
 def fused_model_count(model: nn.Module) -> int:
