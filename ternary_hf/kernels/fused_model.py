@@ -90,14 +90,26 @@ class _ModelPlan:
                 and list(map(torch.Tensor.data_ptr, self._params)) == self._versions[1])
 
     def build(self) -> Any:
-        """`TqLayer[n]` (and the pooler's `TqLinear`) of the current weights; None if a layer cannot run natively."""
+        """`TqLayer[n]` (and the pooler's `TqLinear`) of the current weights; None if the model cannot run
+        natively (a layer without a native form, a tensor that is not float32 on the CPU)."""
         plans = self.layer_plans()
+        native_pooler = _pooler_is_native(self.pooler)
+        emb = self.embeddings
+        owners: list[nn.Module] = [m for p in plans for m in (*p.linears, p.attention_norm, p.output_norm)]
+        owners += [emb.word_embeddings, emb.position_embeddings, emb.token_type_embeddings, emb.LayerNorm]
+        if native_pooler:
+            owners.append(self.pooler.dense)
+        watch = []
+        for m in owners:
+            for store in (m._parameters, m._buffers):
+                watch += [(store, name, t) for name, t in store.items() if t is not None]
+        if any(t.device.type != "cpu" or (t.is_floating_point() and t.dtype != torch.float32) for _, _, t in watch):
+            return None  # checked first: nothing is packed for a model that cannot run natively
         structs = tuple(p.native_layer() for p in plans)
         if any(s is None for s in structs):
             return None
         self._layer_array = (native.TqLayer * len(structs))(*structs)
-        self._pooler = self._pooler_linear() if _pooler_is_native(self.pooler) else None
-        emb = self.embeddings
+        self._pooler = self._pooler_linear() if native_pooler else None
         words, p, t, norm = emb.word_embeddings, emb.position_embeddings.weight, emb.token_type_embeddings.weight, emb.LayerNorm
         table = type(words) is nn.Embedding and _float32_cpu(words.weight)
         self._tables = native.TqEmbeddings(
@@ -105,23 +117,12 @@ class _ModelPlan:
             norm.bias.data_ptr(), norm.eps, words.num_embeddings if table else 0, p.shape[0], t.shape[0], p.shape[1])
         self._tables_ref = ctypes.byref(self._tables)
         self._workspace_sizes = {}
-        owners: list[nn.Module] = [m for p in plans for m in (*p.linears, p.attention_norm, p.output_norm)]
-        owners += [self.embeddings.word_embeddings, self.embeddings.position_embeddings,
-                   self.embeddings.token_type_embeddings, self.embeddings.LayerNorm]
-        if self._pooler is not None:
-            owners.append(self.pooler.dense)
-        watch = []
-        for m in owners:
-            for store in (m._parameters, m._buffers):
-                watch += [(store, name, t) for name, t in store.items() if t is not None]
-        if any(t.device.type != "cpu" or (t.is_floating_point() and t.dtype != torch.float32) for _, _, t in watch):
-            return None
         self._watch = tuple(zip(*watch))  # (owner dicts, names, tensors)
         self._params = tuple(t for t in self._watch[2] if isinstance(t, nn.Parameter))
         self._versions = (list(map(_VERSION, self._watch[2])), list(map(torch.Tensor.data_ptr, self._params)))
         structure = [(parent._modules, name, child) for p in plans for parent, name, child in p.structure]
-        structure += [(self.model._modules, "embeddings", self.embeddings)]
-        structure += [(self.embeddings._modules, n, c) for n, c in self.embeddings._modules.items()]
+        structure += [(self.model._modules, "embeddings", emb)]
+        structure += [(emb._modules, n, c) for n, c in emb._modules.items()]
         structure += [(self.model.encoder._modules, "layer", self.model.encoder.layer)]
         structure += [(self.model.encoder.layer._modules, n, c) for n, c in self.model.encoder.layer._modules.items()]
         if self.pooler is not None:
