@@ -53,13 +53,18 @@ _FUSABLE_BACKENDS = ("auto", "cpu_int8")
 
 
 @contextlib.contextmanager
-def fused_layers(enabled: bool = True) -> Iterator[None]:
-    """Allow (default) or forbid the fused layer forward inside the block (context-local)."""
-    token = _ENABLED.set(bool(enabled))
+def switch(flag: contextvars.ContextVar[bool], enabled: bool) -> Iterator[None]:
+    """Set a context-local on/off flag for the duration of the block."""
+    token = flag.set(bool(enabled))
     try:
         yield
     finally:
-        _ENABLED.reset(token)
+        flag.reset(token)
+
+
+def fused_layers(enabled: bool = True) -> contextlib.AbstractContextManager[None]:
+    """Allow (default) or forbid the fused layer forward inside the block (context-local)."""
+    return switch(_ENABLED, enabled)
 
 
 class _Workspace(threading.local):

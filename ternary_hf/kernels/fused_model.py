@@ -24,14 +24,14 @@ import ctypes
 import functools
 import operator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from . import native
-from .fused_layer import (_ENABLED, _PLAN_ATTR, _Plan, _has_hooks, _output_collector, _workspace, copy_plan,
-                          install_forward, uninstall_forward)
+from .fused_layer import (_ENABLED, _FUSABLE_BACKENDS, _PLAN_ATTR, _Plan, _has_hooks, _output_collector, _workspace, copy_plan,
+                          install_forward, switch, uninstall_forward)
 from .registry import _OVERRIDE, get_backend, kernel_state
 
 MODEL_CLASSES = frozenset({"BertModel"})
@@ -41,14 +41,9 @@ _VERSION = operator.attrgetter("_version")
 _QUIET_KWARGS = frozenset({"return_dict", "output_attentions", "output_hidden_states", "use_cache"})
 
 
-@contextlib.contextmanager
-def whole_model(enabled: bool = True) -> Iterator[None]:
+def whole_model(enabled: bool = True) -> contextlib.AbstractContextManager[None]:
     """Allow (default) or forbid the whole-model native forward inside the block; the fused layers still run."""
-    token = _WHOLE_MODEL.set(bool(enabled))
-    try:
-        yield
-    finally:
-        _WHOLE_MODEL.reset(token)
+    return switch(_WHOLE_MODEL, enabled)
 
 
 @dataclass
@@ -229,7 +224,7 @@ def _applies(model: nn.Module, plan: _ModelPlan, input_ids: Any, attention_mask:
     if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
         return False
     override = _OVERRIDE.get()
-    if override is not None and override not in ("auto", "cpu_int8"):
+    if override is not None and override not in _FUSABLE_BACKENDS:
         return False
     if not plan.current() and plan.build() is None:
         return False
@@ -240,7 +235,7 @@ def _applies(model: nn.Module, plan: _ModelPlan, input_ids: Any, attention_mask:
         return False
     if any(layer.training for layer in plan.layers) or (plan.pooler is not None and plan.pooler.training):
         return False
-    if override is None and any(m.backend not in ("auto", "cpu_int8") for p in plan.layer_plans() for m in p.linears):
+    if override is None and any(m.backend not in _FUSABLE_BACKENDS for p in plan.layer_plans() for m in p.linears):
         return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in plan._watch[2]):
         return False

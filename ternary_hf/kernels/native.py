@@ -53,11 +53,6 @@ C_SOURCE = r"""
 #include <unistd.h>
 #include <sys/syscall.h>
 #include <linux/futex.h>
-#ifdef _OPENMP
-#include <omp.h>
-#else
-static inline int omp_get_thread_num(void) { return 0; }
-#endif
 
 /* Per-token int8 quantization with `nout` float outliers (see actquant.py), bit-identical to the torch
    reference. Magnitudes are compared as the integer bit patterns of |x| (same order as the floats; it
@@ -707,7 +702,6 @@ static void run_stage(int team, tq_item_fn fn, void* ctx, int64_t n) {
         int64_t item;
         while (pool_claim(&item)) { fn(ctx, item, 0); atomic_fetch_add(&tq_pool.done, 1); }
         while (atomic_load(&tq_pool.done) < count) _mm_pause();
-        (void)start;
     }
 }
 
