@@ -137,6 +137,34 @@ def test_follows_weight_edits_and_dtype_changes(bert, calls):
     assert out.last_hidden_state.dtype == torch.float64 and len(calls) == n
 
 
+def test_follows_activation_quantization_changes(bert, calls):
+    """`activation_quant` / `activation_outliers` are part of the numerics compiled into the native structs:
+    changing them on one linear sends its layer (and the whole model) back to the modules' own forwards."""
+    model, inputs = bert
+    real = inputs["attention_mask"].bool()
+    before = run(model, inputs)
+    n = len(calls)
+    for module, name, value in ((model.encoder.layer[1].intermediate.dense, "activation_quant", "none"),
+                                (model.encoder.layer[0].attention.self.key, "activation_outliers", 4),
+                                (model.pooler.dense, "activation_quant", "none")):
+        saved = getattr(module, name)
+        setattr(module, name, value)
+        try:
+            changed = run(model, inputs)
+            with fused_layers(False):
+                own = run(model, inputs)
+        finally:
+            setattr(module, name, saved)
+        assert len(calls) == n
+        field = "pooler_output" if module is model.pooler.dense else "last_hidden_state"
+        assert not torch.equal(getattr(changed, field), getattr(before, field))
+        if field == "pooler_output":
+            assert torch.allclose(changed.pooler_output, own.pooler_output, atol=1e-4)
+        else:
+            assert close(changed.last_hidden_state, own.last_hidden_state, real)
+    assert torch.equal(run(model, inputs).last_hidden_state, before.last_hidden_state) and len(calls) == n + 1
+
+
 def test_concurrent_callers(bert):
     """Two Python threads at once: one takes the worker pool, the other runs its steps alone; both correct."""
     model, inputs = bert

@@ -104,6 +104,7 @@ class _Plan:
     structure: tuple[tuple[nn.Module, str, nn.Module], ...]  # (parent, name, child) as planned
     hook_dicts: tuple[dict, ...]  # the bypassed modules' hook dicts (mutated in place, never replaced)
     recorder_hooks: int  # how many hooks there were when all of them were transformers' output recorders
+    numerics: tuple = ()  # (activation_quant, activation_outliers) of each linear, as compiled into the plan
     _states: tuple[Int8State, ...] | None = None  # query|key|value fused, attention output, intermediate, output
     _sources: tuple = ()
     _native: native.TqLayer | None = None  # the whole layer for `tq_encoder_layer` (exact GELU only)
@@ -112,6 +113,15 @@ class _Plan:
     @property
     def linears(self) -> tuple[nn.Module, ...]:
         return (*self.projections, self.attention_output, self.intermediate, self.output)
+
+    def dispatches_here(self, override: str | None) -> bool:
+        """Whether every linear still asks for what the plan computes: a fusable backend (unless `override`
+        forces one) and the activation quantization the native structs were built with (a changed
+        `activation_quant` / `activation_outliers` sends the layer back to its own forward)."""
+        linears = self.linears
+        if override is None and any(m.backend not in _FUSABLE_BACKENDS for m in linears):
+            return False
+        return tuple((m.activation_quant, m.activation_outliers) for m in linears) == self.numerics
 
     def wants_grad(self) -> bool:
         """Whether a float parameter the fused path uses (it computes without autograd) requires grad."""
@@ -240,8 +250,9 @@ def _plan_for(layer: nn.Module) -> _Plan | None:
         (layer.output, "dense", out), (layer.output, "LayerNorm", norm2),
     )
     hook_dicts = tuple(d for m in bypassed for d in (m._forward_pre_hooks, m._forward_hooks))
+    numerics = tuple((m.activation_quant, m.activation_outliers) for m in linears)
     return _Plan(layer.forward, (q, k, v), attn_out, norm1, inter, act, out, norm2, heads, head_dim, float(scaling),
-                 bypassed, gelu, structure, hook_dicts, 0)
+                 bypassed, gelu, structure, hook_dicts, 0, numerics)
 
 
 def install_fused_layers(model: nn.Module) -> int:
@@ -362,7 +373,7 @@ def _applies(layer: nn.Module, plan: _Plan, hidden: torch.Tensor, args: tuple, k
     override = _OVERRIDE.get()
     if override is not None and override not in _FUSABLE_BACKENDS:
         return False
-    if override is None and any(m.backend not in _FUSABLE_BACKENDS for m in plan.linears):
+    if not plan.dispatches_here(override):
         return False
     if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
         return False

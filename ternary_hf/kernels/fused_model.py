@@ -56,6 +56,7 @@ class _ModelPlan:
     bypassed: tuple[nn.Module, ...]  # model-level modules whose hooks disable the whole-model path
     _layer_array: Any = None
     _pooler: tuple | None = None  # (TqLinear, kept tensors)
+    _pooler_numerics: tuple = ()  # the native pooler's (activation_quant, activation_outliers) as built
     _tables: Any = None  # TqEmbeddings
     _tables_ref: Any = None
     _workspace_sizes: dict | None = None
@@ -105,6 +106,7 @@ class _ModelPlan:
             return None
         self._layer_array = (native.TqLayer * len(structs))(*structs)
         self._pooler = self._pooler_linear() if native_pooler else None
+        self._pooler_numerics = _numerics(self.pooler.dense) if native_pooler else ()
         words, p, t, norm = emb.word_embeddings, emb.position_embeddings.weight, emb.token_type_embeddings.weight, emb.LayerNorm
         table = type(words) is nn.Embedding and _float32_cpu(words.weight)
         self._tables = native.TqEmbeddings(
@@ -145,6 +147,10 @@ class _ModelPlan:
         st = kernel_state(dense, get_backend("cpu_int8"), torch.device("cpu"), torch.float32)
         panels = native.pack_gemm_weights(st.codes)
         return native.linear_struct(st.codes, panels, st.scales[0], st.bias, dense.activation_outliers), (st, panels)
+
+
+def _numerics(m: nn.Module) -> tuple:
+    return m.activation_quant, m.activation_outliers
 
 
 def _pooler_is_native(pooler: nn.Module | None) -> bool:
@@ -235,7 +241,10 @@ def _applies(model: nn.Module, plan: _ModelPlan, input_ids: Any, attention_mask:
         return False
     if any(layer.training for layer in plan.layers) or (plan.pooler is not None and plan.pooler.training):
         return False
-    if override is None and any(m.backend not in _FUSABLE_BACKENDS for p in plan.layer_plans() for m in p.linears):
+    if not all(p.dispatches_here(override) for p in plan.layer_plans()):
+        return False
+    if plan._pooler is not None and (_numerics(plan.pooler.dense) != plan._pooler_numerics
+                                     or (override is None and plan.pooler.dense.backend not in _FUSABLE_BACKENDS)):
         return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in plan._watch[2]):
         return False
