@@ -28,6 +28,7 @@ import contextlib
 import contextvars
 import copy
 import dataclasses
+import operator
 import threading
 import types
 from dataclasses import dataclass
@@ -104,7 +105,7 @@ class _Plan:
     structure: tuple[tuple[nn.Module, str, nn.Module], ...]  # (parent, name, child) as planned
     hook_dicts: tuple[dict, ...]  # the bypassed modules' hook dicts (mutated in place, never replaced)
     recorder_hooks: int  # how many hooks there were when all of them were transformers' output recorders
-    numerics: tuple = ()  # (activation_quant, activation_outliers) of each linear, as compiled into the plan
+    numerics: tuple = ()  # `_NUMERICS` of each linear when planned (see `dispatch_unchanged`)
     _states: tuple[Int8State, ...] | None = None  # query|key|value fused, attention output, intermediate, output
     _sources: tuple = ()
     _native: native.TqLayer | None = None  # the whole layer for `tq_encoder_layer` (exact GELU only)
@@ -115,13 +116,8 @@ class _Plan:
         return (*self.projections, self.attention_output, self.intermediate, self.output)
 
     def dispatches_here(self, override: str | None) -> bool:
-        """Whether every linear still asks for what the plan computes: a fusable backend (unless `override`
-        forces one) and the activation quantization the native structs were built with (a changed
-        `activation_quant` / `activation_outliers` sends the layer back to its own forward)."""
-        linears = self.linears
-        if override is None and any(m.backend not in _FUSABLE_BACKENDS for m in linears):
-            return False
-        return tuple((m.activation_quant, m.activation_outliers) for m in linears) == self.numerics
+        """See `dispatch_unchanged`."""
+        return dispatch_unchanged(self.linears, self.numerics, override)
 
     def wants_grad(self) -> bool:
         """Whether a float parameter the fused path uses (it computes without autograd) requires grad."""
@@ -198,6 +194,21 @@ def copy_plan(plan: Any, memo: dict, skip: tuple[str, ...]) -> Any:
     return new
 
 
+_NUMERICS = operator.attrgetter("activation_quant", "activation_outliers")
+_BACKEND = operator.attrgetter("backend")
+_FUSABLE = frozenset(_FUSABLE_BACKENDS)
+
+
+def dispatch_unchanged(linears: tuple[nn.Module, ...], numerics: tuple, override: str | None) -> bool:
+    """Whether the linears still ask for what their native structs compute: a fusable backend (unless `override`
+    forces one) and the activation quantization they were planned with (`numerics`); a changed
+    `activation_quant` / `activation_outliers` sends them back to the modules' own forwards. Runs every forward:
+    map/attrgetter keep the loops in C."""
+    if override is None and not _FUSABLE.issuperset(map(_BACKEND, linears)):
+        return False
+    return tuple(map(_NUMERICS, linears)) == numerics
+
+
 def _is_packed_int8(m: Any) -> bool:
     return (getattr(m, "is_packed", False) and hasattr(m, "weight_scale")
             and getattr(m, "activation_quant", None) == "per_token_int8" and m.granularity != "per_group")
@@ -250,7 +261,7 @@ def _plan_for(layer: nn.Module) -> _Plan | None:
         (layer.output, "dense", out), (layer.output, "LayerNorm", norm2),
     )
     hook_dicts = tuple(d for m in bypassed for d in (m._forward_pre_hooks, m._forward_hooks))
-    numerics = tuple((m.activation_quant, m.activation_outliers) for m in linears)
+    numerics = tuple(map(_NUMERICS, linears))
     return _Plan(layer.forward, (q, k, v), attn_out, norm1, inter, act, out, norm2, heads, head_dim, float(scaling),
                  bypassed, gelu, structure, hook_dicts, 0, numerics)
 

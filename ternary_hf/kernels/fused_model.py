@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from . import native
-from .fused_layer import (_ENABLED, _FUSABLE_BACKENDS, _PLAN_ATTR, _Plan, _has_hooks, _output_collector, _workspace, copy_plan,
-                          install_forward, switch, uninstall_forward)
+from .fused_layer import (_ENABLED, _FUSABLE_BACKENDS, _NUMERICS, _PLAN_ATTR, _Plan, _has_hooks, _output_collector,
+                          _workspace, copy_plan, dispatch_unchanged, install_forward, switch, uninstall_forward)
 from .registry import _OVERRIDE, get_backend, kernel_state
 
 MODEL_CLASSES = frozenset({"BertModel"})
@@ -56,7 +56,8 @@ class _ModelPlan:
     bypassed: tuple[nn.Module, ...]  # model-level modules whose hooks disable the whole-model path
     _layer_array: Any = None
     _pooler: tuple | None = None  # (TqLinear, kept tensors)
-    _pooler_numerics: tuple = ()  # the native pooler's (activation_quant, activation_outliers) as built
+    _linears: tuple = ()  # every TernaryLinear the native call runs (the pooler's when native)
+    _numerics: tuple = ()  # theirs as planned (see `dispatch_unchanged`)
     _tables: Any = None  # TqEmbeddings
     _tables_ref: Any = None
     _workspace_sizes: dict | None = None
@@ -106,7 +107,9 @@ class _ModelPlan:
             return None
         self._layer_array = (native.TqLayer * len(structs))(*structs)
         self._pooler = self._pooler_linear() if native_pooler else None
-        self._pooler_numerics = _numerics(self.pooler.dense) if native_pooler else ()
+        self._linears = tuple(m for p in plans for m in p.linears) + ((self.pooler.dense,) if native_pooler else ())
+        self._numerics = tuple(n for p in plans for n in p.numerics) + (
+            (_NUMERICS(self.pooler.dense),) if native_pooler else ())
         words, p, t, norm = emb.word_embeddings, emb.position_embeddings.weight, emb.token_type_embeddings.weight, emb.LayerNorm
         table = type(words) is nn.Embedding and _float32_cpu(words.weight)
         self._tables = native.TqEmbeddings(
@@ -147,10 +150,6 @@ class _ModelPlan:
         st = kernel_state(dense, get_backend("cpu_int8"), torch.device("cpu"), torch.float32)
         panels = native.pack_gemm_weights(st.codes)
         return native.linear_struct(st.codes, panels, st.scales[0], st.bias, dense.activation_outliers), (st, panels)
-
-
-def _numerics(m: nn.Module) -> tuple:
-    return m.activation_quant, m.activation_outliers
 
 
 def _pooler_is_native(pooler: nn.Module | None) -> bool:
@@ -241,10 +240,7 @@ def _applies(model: nn.Module, plan: _ModelPlan, input_ids: Any, attention_mask:
         return False
     if any(layer.training for layer in plan.layers) or (plan.pooler is not None and plan.pooler.training):
         return False
-    if not all(p.dispatches_here(override) for p in plan.layer_plans()):
-        return False
-    if plan._pooler is not None and (_numerics(plan.pooler.dense) != plan._pooler_numerics
-                                     or (override is None and plan.pooler.dense.backend not in _FUSABLE_BACKENDS)):
+    if not dispatch_unchanged(plan._linears, plan._numerics, override):
         return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in plan._watch[2]):
         return False
