@@ -44,7 +44,7 @@ def main() -> None:
         output_dir=os.path.join(args.output_dir, "checkpoints"),
         max_steps=100_000,  # the time budget ends the run
         per_device_train_batch_size=32,
-        learning_rate=5e-4,
+        learning_rate=3e-4,
         warmup_steps=100,
         optim="adamw_torch_fused",
         train_sampling_strategy="group_by_length",
