@@ -56,7 +56,7 @@ class _ModelPlan:
     bypassed: tuple[nn.Module, ...]  # model-level modules whose hooks disable the whole-model path
     _layer_array: Any = None
     _pooler: tuple | None = None  # (TqLinear, kept tensors)
-    _linears: tuple = ()  # every TernaryLinear the native call runs (the pooler's when native)
+    _linears: tuple = ()  # every TernaryLinear the native call runs, pooler's included: flat for the per-call check
     _numerics: tuple = ()  # theirs as planned (see `dispatch_unchanged`)
     _tables: Any = None  # TqEmbeddings
     _tables_ref: Any = None
