@@ -1,0 +1,134 @@
+"""Where a distilled ternary model still differs from its fp32 teacher: two tables.
+
+    PYTHONPATH=$PWD python benchmarks/distill_diagnostics.py runs/L3F/ptq runs/L3F/snapshots/step-*
+
+1. Code changes: the share of ternary codes that differ between consecutive packed checkpoints given on
+   the command line (e.g. the PTQ model and the snapshots of a `benchmarks/distill_recipe.py` run), and
+   the share of zero codes. Tells how far distillation moves the ternary grid at each stage.
+2. Token fidelity of the last checkpoint: mean cosine between its last hidden states and the fp32 teacher's,
+   on held-out short WordNet examples and on the Lee background news documents, (a) by token position in
+   the full (up to 256-token) documents and (b) for the first 16 tokens when the documents are truncated
+   to 16 ... 256 tokens. (b) separates the effect of the text itself (truncated to 16 tokens) from the
+   effect of a long context on the same tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+from safetensors import safe_open  # noqa: E402
+
+import ternary_hf  # noqa: E402,F401
+from ternary_hf.packing import unpack_codes  # noqa: E402
+
+POSITION_BINS = (0, 16, 32, 64, 128, 192, 256)
+TRUNCATIONS = (16, 32, 64, 128, 256)
+
+
+def packed_codes(checkpoint: str) -> dict[str, torch.Tensor]:
+    """`{linear name: int8 codes}` of every packed ternary linear in a checkpoint directory."""
+    path = os.path.join(checkpoint, "model.safetensors")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist: pass directories holding a packed model.safetensors")
+    codes = {}
+    with safe_open(path, "pt") as f:
+        names = set(f.keys())
+        for name in names:
+            scale_name = name[: -len(".weight")] + ".weight_scale" if name.endswith(".weight") else None
+            if scale_name in names:
+                packed = f.get_tensor(name)
+                if packed.dtype == torch.uint8:
+                    codes[name] = unpack_codes(packed, f.get_slice(scale_name).get_shape()[0])
+    if not codes:
+        raise ValueError(f"{path} holds no packed ternary weights (is it a ternary-hf checkpoint?)")
+    return codes
+
+
+def code_changes(before: str, after: str) -> tuple[float, float]:
+    """`(share of codes that differ, share of zero codes in after)` between two packed checkpoints."""
+    old, new = packed_codes(before), packed_codes(after)
+    if old.keys() != new.keys() or any(old[k].shape != new[k].shape for k in new):
+        raise ValueError(f"{before} and {after} hold different ternary layers; compare checkpoints of one model")
+    total = sum(v.numel() for v in new.values())
+    changed = sum(int((old[k] != new[k]).sum()) for k in new)
+    zeros = sum(int((new[k] == 0).sum()) for k in new)
+    return changed / total, zeros / total
+
+
+def code_change_table(checkpoints: list[str]) -> None:
+    print("| from | to | codes changed | zero codes (to) |\n|---|---|---:|---:|")
+    for before, after in zip(checkpoints, checkpoints[1:]):
+        changed, zeros = code_changes(before, after)
+        print(f"| {before} | {after} | {100 * changed:.2f}% | {100 * zeros:.1f}% |")
+
+
+@torch.no_grad()
+def _token_cosines(student, teacher, tokenizer, texts: list[str], max_length: int, batch_size: int = 16):
+    """Per-token cosine `[n, length]` and the attention mask, batch by batch."""
+    for i in range(0, len(texts), batch_size):
+        batch = tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
+                          return_tensors="pt")
+        s = student(**batch).last_hidden_state
+        t = teacher(**batch).last_hidden_state
+        yield torch.nn.functional.cosine_similarity(s.float(), t.float(), dim=-1), batch["attention_mask"].bool()
+
+
+def token_fidelity_tables(checkpoint: str, teacher_path: str, n_docs: int) -> None:
+    from transformers import AutoModel, AutoTokenizer
+
+    from ternary_hf.evaluation import default_fidelity_sets
+
+    sets = default_fidelity_sets()
+    tokenizer = AutoTokenizer.from_pretrained(teacher_path)
+    teacher = AutoModel.from_pretrained(teacher_path).eval()
+    student = AutoModel.from_pretrained(checkpoint).eval()
+    docs = sets.long[:n_docs]
+
+    short = [c[m] for c, m in _token_cosines(student, teacher, tokenizer, sets.short[:500], 256)]
+    print(f"\nToken cosine to fp32, {checkpoint}\n\nshort held-out WordNet examples (500): "
+          f"{torch.cat(short).mean():.4f}\n")
+    sums = {lo: [0.0, 0] for lo in POSITION_BINS[:-1]}
+    for c, m in _token_cosines(student, teacher, tokenizer, docs, 256):
+        for lo, hi in zip(POSITION_BINS, POSITION_BINS[1:]):
+            values = c[:, lo:hi][m[:, lo:hi]]
+            sums[lo][0] += float(values.sum())
+            sums[lo][1] += values.numel()
+    print(f"| Lee documents ({len(docs)}), token positions | tokens | mean token cosine |\n|---|---:|---:|")
+    for lo, hi in zip(POSITION_BINS, POSITION_BINS[1:]):
+        total, count = sums[lo]
+        if count:
+            print(f"| {lo}-{hi - 1} | {count} | {total / count:.4f} |")
+    print("\n| Lee documents truncated to | mean token cosine, all tokens | first 16 tokens |\n|---:|---:|---:|")
+    for length in TRUNCATIONS:
+        all_c, first = [], []
+        for c, m in _token_cosines(student, teacher, tokenizer, docs, length):
+            all_c.append(c[m])
+            first.append(c[:, :16][m[:, :16]])
+        print(f"| {length} | {torch.cat(all_c).mean():.4f} | {torch.cat(first).mean():.4f} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoints", nargs="+", help="Packed checkpoints of one model, oldest first.")
+    parser.add_argument("--teacher", default=None, help="fp32 model (default: the bundled all-MiniLM-L6-v2).")
+    parser.add_argument("--documents", type=int, default=120, help="Lee documents for the token tables.")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if len(args.checkpoints) > 1:
+        code_change_table(args.checkpoints)
+    from ternary_hf.defaults import default_model_path
+
+    token_fidelity_tables(args.checkpoints[-1], args.teacher or str(default_model_path()), args.documents)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
