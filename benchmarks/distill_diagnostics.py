@@ -10,6 +10,7 @@
    the full (up to 256-token) documents and (b) for the first 16 tokens when the documents are truncated
    to 16 ... 256 tokens. (b) separates the effect of the text itself (truncated to 16 tokens) from the
    effect of a long context on the same tokens.
+3. Sentence-embedding cosine of the last checkpoint before and after removing the mean error of each set.
 """
 
 from __future__ import annotations
@@ -113,6 +114,27 @@ def token_fidelity_tables(checkpoint: str, teacher_path: str, n_docs: int) -> No
         print(f"| {length} | {torch.cat(all_c).mean():.4f} | {torch.cat(first).mean():.4f} |")
 
 
+def mean_error_table(checkpoint: str, teacher_path: str) -> None:
+    """Sentence-embedding cosine to fp32 before and after removing the mean error over each set: how much of
+    the error is one shared direction rather than specific to each text."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from ternary_hf.evaluation import default_fidelity_sets
+    from ternary_hf.evaluation.fidelity import paired_cosine
+
+    sets = default_fidelity_sets()
+    teacher, student = SentenceTransformer(teacher_path, device="cpu"), SentenceTransformer(checkpoint, device="cpu")
+    print("\n| set | cosine to fp32 | after removing the mean error | norm of the mean error |\n|---|---:|---:|---:|")
+    for name in ("short", "long"):
+        texts = getattr(sets, name)
+        t = teacher.encode(texts, batch_size=64, convert_to_numpy=True)
+        s = student.encode(texts, batch_size=64, convert_to_numpy=True)
+        mean_error = (s - t).mean(axis=0)
+        print(f"| {name} ({len(texts)}) | {paired_cosine(s, t).mean():.4f} | "
+              f"{paired_cosine(s - mean_error, t).mean():.4f} | {np.linalg.norm(mean_error):.3f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoints", nargs="+", help="Packed checkpoints of one model, oldest first.")
@@ -126,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         code_change_table(args.checkpoints)
     from ternary_hf.defaults import default_model_path
 
-    token_fidelity_tables(args.checkpoints[-1], args.teacher or str(default_model_path()), args.documents)
+    teacher = args.teacher or str(default_model_path())
+    token_fidelity_tables(args.checkpoints[-1], teacher, args.documents)
+    mean_error_table(args.checkpoints[-1], teacher)
     return 0
 
 
