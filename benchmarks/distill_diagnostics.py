@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -80,12 +81,9 @@ def _token_cosines(student, teacher, tokenizer, texts: list[str], max_length: in
         yield torch.nn.functional.cosine_similarity(s.float(), t.float(), dim=-1), batch["attention_mask"].bool()
 
 
-def token_fidelity_tables(checkpoint: str, teacher_path: str, n_docs: int) -> None:
+def token_fidelity_tables(checkpoint: str, teacher_path: str, sets: Any, n_docs: int) -> None:
     from transformers import AutoModel, AutoTokenizer
 
-    from ternary_hf.evaluation import default_fidelity_sets
-
-    sets = default_fidelity_sets()
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
     teacher = AutoModel.from_pretrained(teacher_path).eval()
     student = AutoModel.from_pretrained(checkpoint).eval()
@@ -114,16 +112,14 @@ def token_fidelity_tables(checkpoint: str, teacher_path: str, n_docs: int) -> No
         print(f"| {length} | {torch.cat(all_c).mean():.4f} | {torch.cat(first).mean():.4f} |")
 
 
-def mean_error_table(checkpoint: str, teacher_path: str) -> None:
+def mean_error_table(checkpoint: str, teacher_path: str, sets: Any) -> None:
     """Sentence-embedding cosine to fp32 before and after removing the mean error over each set: how much of
     the error is one shared direction rather than specific to each text."""
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
-    from ternary_hf.evaluation import default_fidelity_sets
     from ternary_hf.evaluation.fidelity import paired_cosine
 
-    sets = default_fidelity_sets()
     teacher, student = SentenceTransformer(teacher_path, device="cpu"), SentenceTransformer(checkpoint, device="cpu")
     print("\n| set | cosine to fp32 | after removing the mean error | norm of the mean error |\n|---|---:|---:|---:|")
     for name in ("short", "long"):
@@ -147,10 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.checkpoints) > 1:
         code_change_table(args.checkpoints)
     from ternary_hf.defaults import default_model_path
+    from ternary_hf.evaluation import default_fidelity_sets
 
-    teacher = args.teacher or str(default_model_path())
-    token_fidelity_tables(args.checkpoints[-1], teacher, args.documents)
-    mean_error_table(args.checkpoints[-1], teacher)
+    teacher, sets = args.teacher or str(default_model_path()), default_fidelity_sets()
+    token_fidelity_tables(args.checkpoints[-1], teacher, sets, args.documents)
+    mean_error_table(args.checkpoints[-1], teacher, sets)
     return 0
 
 
