@@ -1,4 +1,4 @@
-"""Where a distilled ternary model still differs from its fp32 teacher: two tables.
+"""Where a distilled ternary model still differs from its fp32 teacher: three tables.
 
     PYTHONPATH=$PWD python benchmarks/distill_diagnostics.py runs/L3F/ptq runs/L3F/snapshots/step-*
 
@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 
 import ternary_hf  # noqa: E402,F401
+from ternary_hf.checkpoint import read_checkpoint_index  # noqa: E402
 from ternary_hf.packing import unpack_codes  # noqa: E402
 
 POSITION_BINS = (0, 16, 32, 64, 128, 192, 256)
@@ -34,29 +35,23 @@ TRUNCATIONS = (16, 32, 64, 128, 256)
 
 
 def packed_codes(checkpoint: str) -> dict[str, torch.Tensor]:
-    """`{linear name: int8 codes}` of every packed ternary linear in a checkpoint directory."""
+    """`{layer name: int8 codes}` of every ternary linear in a packed checkpoint directory (the layers and
+    their shapes as the checkpoint's ternary-hf metadata lists them)."""
     path = os.path.join(checkpoint, "model.safetensors")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} does not exist: pass directories holding a packed model.safetensors")
-    codes = {}
-    with safe_open(path, "pt") as f:
-        names = set(f.keys())
-        for name in names:
-            scale_name = name[: -len(".weight")] + ".weight_scale" if name.endswith(".weight") else None
-            if scale_name in names:
-                packed = f.get_tensor(name)
-                if packed.dtype == torch.uint8:
-                    codes[name] = unpack_codes(packed, f.get_slice(scale_name).get_shape()[0])
-    if not codes:
+    index = read_checkpoint_index([path])
+    if not index.layer_shapes:
         raise ValueError(f"{path} holds no packed ternary weights (is it a ternary-hf checkpoint?)")
-    return codes
+    with safe_open(path, "pt") as f:
+        return {name: unpack_codes(f.get_tensor(f"{name}.weight"), out) for name, (out, _) in index.layer_shapes.items()}
 
 
-def code_changes(before: str, after: str) -> tuple[float, float]:
-    """`(share of codes that differ, share of zero codes in after)` between two packed checkpoints."""
-    old, new = packed_codes(before), packed_codes(after)
+def code_changes(old: dict[str, torch.Tensor], new: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """`(share of codes that differ, share of zero codes in new)` between the `packed_codes` of two
+    checkpoints of one model."""
     if old.keys() != new.keys() or any(old[k].shape != new[k].shape for k in new):
-        raise ValueError(f"{before} and {after} hold different ternary layers; compare checkpoints of one model")
+        raise ValueError("the two checkpoints hold different ternary layers; compare checkpoints of one model")
     total = sum(v.numel() for v in new.values())
     changed = sum(int((old[k] != new[k]).sum()) for k in new)
     zeros = sum(int((new[k] == 0).sum()) for k in new)
@@ -65,9 +60,12 @@ def code_changes(before: str, after: str) -> tuple[float, float]:
 
 def code_change_table(checkpoints: list[str]) -> None:
     print("| from | to | codes changed | zero codes (to) |\n|---|---|---:|---:|")
+    previous = packed_codes(checkpoints[0])
     for before, after in zip(checkpoints, checkpoints[1:]):
-        changed, zeros = code_changes(before, after)
+        current = packed_codes(after)  # each checkpoint is read once
+        changed, zeros = code_changes(previous, current)
         print(f"| {before} | {after} | {100 * changed:.2f}% | {100 * zeros:.1f}% |")
+        previous = current
 
 
 @torch.no_grad()

@@ -35,10 +35,11 @@ def test_code_changes_counts_flipped_codes(tiny_bert_dir, tmp_path):
     total = sum(m.out_features * m.in_features for m in linears)
     zeros = sum(int((m.codes_and_scale()[0] == 0).sum()) for m in linears)
 
-    changed, zero_share = diagnostics.code_changes(str(tmp_path / "a"), str(tmp_path / "b"))
+    a, b = diagnostics.packed_codes(str(tmp_path / "a")), diagnostics.packed_codes(str(tmp_path / "b"))
+    changed, zero_share = diagnostics.code_changes(a, b)
     assert changed == pytest.approx(expected_changed / total)
     assert zero_share == pytest.approx(zeros / total)
-    assert diagnostics.code_changes(str(tmp_path / "a"), str(tmp_path / "a"))[0] == 0.0
+    assert diagnostics.code_changes(a, a)[0] == 0.0
 
 
 def test_code_changes_rejects_a_directory_without_a_packed_model(tiny_bert_dir, tmp_path):
