@@ -162,14 +162,10 @@ class TernaryLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_packed:
             return ternary_linear(self, x)
-        if self.has_learned_scale:
-            # STE for the latent weight (identity gradient), true gradient for the learned scale
-            w, s = self.weight, self.quant_strength
-            codes, _ = ternarize(w, self.rule, self.granularity, self.group_size)
-            target = dequantize(codes, self.weight_scale, self.granularity, dtype=w.dtype)
-            weight = w + s * (target - target.detach()) + (s * (target.detach() - w)).detach()
-        else:
-            weight = fake_ternarize(self.weight, self.rule, self.granularity, self.group_size, self.quant_strength)
+        # the weight comes out in the autocast dtype when autocast is on: F.linear would cast it anyway
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
+        weight = fake_ternarize(self.weight, self.rule, self.granularity, self.group_size, self.quant_strength,
+                                scale=self.weight_scale if self.has_learned_scale else None, dtype=dtype)
         x = fake_quantize_activations(x, self.activation_quant, self.activation_outliers, self.quant_strength)
         return F.linear(x, weight, self.bias)
 

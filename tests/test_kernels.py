@@ -205,6 +205,28 @@ def test_qat_simulates_the_served_activation_quantization():
     assert torch.allclose(xg.grad, torch.ones(2, 9, 42) @ w)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_qat_activation_fake_quant_uses_the_kernel_with_the_definitions_numbers(dtype, monkeypatch):
+    """The QAT forward quantizes activations through the C kernel where there is one; its value must be the
+    torch definition's `q * scale` (+ float outliers), its gradient the identity, its blend the same lerp."""
+    from ternary_hf.kernels import actquant
+
+    x = tricky_input().to(dtype)
+    ref = quantize_per_token(x, 2)
+    expected = (ref.q.float() * ref.scale).scatter(-1, ref.outlier_index, ref.outlier_value).to(dtype)
+    calls = []
+    monkeypatch.setattr(actquant, "quantize_per_token", lambda *a: calls.append(1) or quantize_per_token(*a))
+    xg = x.clone().requires_grad_(True)
+    out = actquant.fake_quantize_per_token(xg, 2)
+    assert torch.equal(out, expected) and out.dtype == dtype
+    assert bool(calls) == (native.native_lib() is None)  # the reference only where no kernel was built
+    out.float().backward(torch.arange(out.numel(), dtype=torch.float32).reshape(out.shape))
+    assert torch.equal(xg.grad.float(), torch.arange(out.numel(), dtype=torch.float32).reshape(out.shape).to(dtype).float())
+    half = actquant.fake_quantize_per_token(x, 2, strength=0.5)
+    torch.testing.assert_close(half.float(), torch.lerp(x.float(), expected.float(), 0.5), rtol=1e-2, atol=1e-2)
+    assert torch.equal(actquant.fake_quantize_per_token(x, 2, strength=0.0), x)
+
+
 def test_gradients_flow_through_packed_layers():
     """Adapters train on top of frozen packed layers: the input gradient must pass through them."""
     layer = make_layer(outliers=1)

@@ -83,3 +83,41 @@ def test_strength_blends_latent_and_ternary():
     full = fake_ternarize(w, "twn", "per_channel", strength=1.0)
     assert torch.equal(fake_ternarize(w, "twn", "per_channel", strength=0.0), w)
     assert torch.allclose(fake_ternarize(w, "twn", "per_channel", strength=0.5), (w + full) / 2, atol=1e-6)
+
+
+def _reference_ste(w, scale, granularity, strength, group_size):
+    """The straight-through estimator written out with detach(): what `fake_ternarize` must compute."""
+    codes, _ = ternarize(w, "twn", granularity, group_size)
+    target = dequantize(codes, scale, granularity, dtype=w.dtype)
+    return w + strength * (target - target.detach()) + (strength * (target.detach() - w)).detach()
+
+
+@pytest.mark.parametrize("granularity", ["per_tensor", "per_channel", "per_group"])
+@pytest.mark.parametrize("strength", [1.0, 0.3])
+def test_learned_scale_gets_the_true_gradient(granularity, strength):
+    torch.manual_seed(0)
+    w = torch.randn(6, 16)
+    _, rule_scale = ternarize(w, "twn", granularity, group_size=8)
+    upstream = torch.randn(6, 16)
+    grads = []
+    for fn in (lambda w, s: fake_ternarize(w, "twn", granularity, 8, strength, scale=s),
+               lambda w, s: _reference_ste(w, s, granularity, strength, 8)):
+        wl, sl = w.clone().requires_grad_(), (rule_scale * 1.1).requires_grad_()
+        out = fn(wl, sl)
+        torch.testing.assert_close(out, _reference_ste(w, rule_scale * 1.1, granularity, strength, 8))
+        (out * upstream).sum().backward()
+        grads.append((wl.grad, sl.grad))
+    assert torch.equal(grads[0][0], upstream)  # straight through to the latent weight
+    torch.testing.assert_close(grads[0][1], grads[1][1])  # d/d scale = strength * sum(grad * codes) per group
+    assert grads[0][1].abs().sum() > 0
+
+
+def test_fake_ternarize_in_autocast_dtype_is_the_cast_weight():
+    torch.manual_seed(0)
+    w = torch.randn(8, 32, requires_grad=True)
+    out = fake_ternarize(w, "twn", "per_channel", dtype=torch.bfloat16)
+    codes, scale = ternarize(w, "twn", "per_channel")
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, dequantize(codes, scale, "per_channel").to(torch.bfloat16))
+    out.float().sum().backward()
+    assert w.grad.dtype == torch.float32 and torch.equal(w.grad, torch.ones_like(w))

@@ -206,6 +206,27 @@ def test_learned_scales_train_and_are_what_is_saved(tiny_dir, tmp_path):
     assert torch.equal(packed.codes_and_scale()[0], layer.codes_and_scale()[0])
 
 
+@pytest.mark.parametrize("choice, expected", [("auto", "eager"), ("sdpa", "sdpa")])
+def test_student_trains_with_its_training_attention_and_gets_its_own_back(tiny_dir, tmp_path, choice, expected):
+    student = qat_student(tiny_dir)
+    own = student.config._attn_implementation
+    assert own == "sdpa"
+    trainer = TernaryDistillationTrainer(model=student, args=training_args(str(tmp_path / "o"), max_steps=2),
+                                         train_dataset=TEXTS,
+                                         distillation_args=DistillationArguments(student_attention=choice))
+    seen = []
+    original_step = trainer.training_step
+
+    def spy(model, inputs, num_items_in_batch=None):
+        seen.append(model.config._attn_implementation)
+        return original_step(model, inputs, num_items_in_batch)
+
+    trainer.training_step = spy
+    trainer.train()
+    assert seen == [expected, expected]  # auto: eager on CPU (its backward is the faster one there)
+    assert student.config._attn_implementation == own
+
+
 def test_teacher_cache_skips_teacher_in_later_epochs(tiny_dir, tmp_path):
     texts = TEXTS[:16]
     calls = []

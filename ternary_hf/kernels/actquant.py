@@ -74,20 +74,46 @@ def quantize_per_token(x: torch.Tensor, outliers: int = 0) -> TokenQuant:
     return TokenQuant(q, scale, index, value)
 
 
+def _quantize_tokens_fast(x: torch.Tensor, outliers: int) -> TokenQuant:
+    """`quantize_per_token` through the compiled kernel where there is one (CPU; same bits, one pass per
+    token instead of a dozen eager ops), else the reference itself."""
+    if x.device.type == "cpu" and x.numel():
+        from . import native  # native imports this module: import on use
+
+        if native.native_lib() is not None:
+            k = x.shape[-1]
+            tq = native.quantize_rows(x.detach().reshape(-1, k).float().contiguous(), outliers)
+            lead = x.shape[:-1]
+            return TokenQuant(tq.q.view(*lead, k), tq.scale.view(*lead, 1),
+                              None if tq.outlier_index is None else tq.outlier_index.view(*lead, -1),
+                              None if tq.outlier_value is None else tq.outlier_value.view(*lead, -1))
+    return quantize_per_token(x, outliers)
+
+
+class _FakeQuantSTE(torch.autograd.Function):
+    """Forward: the given quantized value (blended by `strength`); backward: the identity (straight-through).
+    One autograd node instead of the `x + (target - x).detach()` arithmetic."""
+
+    @staticmethod
+    def forward(ctx, x, target, strength):  # noqa: D102
+        return target if strength == 1.0 else torch.lerp(x.detach(), target, strength)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        return grad, None, None
+
+
 def fake_quantize_per_token(x: torch.Tensor, outliers: int = 0, strength: float = 1.0) -> torch.Tensor:
     """`q * scale` (+ the float outliers) in `x`'s dtype with a straight-through gradient (identity),
     blended by `strength` in [0, 1] like the weight quantization warm-up (`TernaryLinear.quant_strength`)."""
-    tq = quantize_per_token(x, outliers)
-    target = tq.q.float() * tq.scale
+    tq = _quantize_tokens_fast(x, outliers)
+    target = tq.q.to(torch.float32).mul_(tq.scale)
     if tq.outlier_index is not None:
-        target = target.scatter(-1, tq.outlier_index, tq.outlier_value)
+        target.scatter_(-1, tq.outlier_index, tq.outlier_value)
     target = target.to(x.dtype)
-    if not x.requires_grad and strength == 1.0:
+    if strength == 1.0 and not x.requires_grad:
         return target
-    delta = target - x.detach()
-    if strength != 1.0:
-        delta = strength * delta
-    return x + delta
+    return _FakeQuantSTE.apply(x, target, float(strength))
 
 
 def fake_quantize_activations(x: torch.Tensor, mode: str, outliers: int = 0, strength: float = 1.0) -> torch.Tensor:
