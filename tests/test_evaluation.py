@@ -220,6 +220,23 @@ def test_transformers_model_object_matches_path(tiny_st_dir):
         load_model(net, quantize=True)
 
 
+def test_wrapped_model_keeps_its_length_limit_with_a_given_tokenizer(minilm_path):
+    """A tokenizer passed with a model object must not replace the model's configured max_seq_length (256 for
+    all-MiniLM-L6-v2) with its own model_max_length (512), and the caller's tokenizer stays unchanged."""
+    from transformers import AutoModel, AutoTokenizer
+
+    net = AutoModel.from_pretrained(minilm_path)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    own_limit = tokenizer.model_max_length
+    configured = load_model(minilm_path).model.max_seq_length
+    assert configured == 256 != own_limit
+    assert load_model(net, tokenizer=tokenizer).model.max_seq_length == configured
+    wrapped = load_model(net, tokenizer=tokenizer, max_seq_length=128).model
+    assert wrapped.max_seq_length == 128
+    assert wrapped.tokenize(["word " * 400])["input_ids"].shape[1] == 128
+    assert tokenizer.model_max_length == own_limit
+
+
 def test_evaluate_rejects_bad_task_lists(tiny_st_dir):
     with pytest.raises(ValueError, match="no tasks"):
         evaluate(tiny_st_dir, [])

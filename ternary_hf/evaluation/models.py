@@ -3,6 +3,8 @@ SentenceTransformer, so that sentence-transformers' evaluators can run on it unc
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,16 @@ def _is_sentence_transformer(obj: Any) -> bool:
     return isinstance(obj, SentenceTransformer)
 
 
+def _configured_max_seq_length(source: str) -> int | None:
+    """`max_seq_length` of a local sentence-transformers directory (`sentence_bert_config.json`), else None."""
+    path = Path(source) / "sentence_bert_config.json"
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as f:
+        value = json.load(f).get("max_seq_length")
+    return int(value) if value else None
+
+
 def _wrap_transformers_model(model: nn.Module, tokenizer: Any = None, max_seq_length: int | None = None):
     """SentenceTransformer = the given transformers model + mean pooling (+ its tokenizer).
 
@@ -51,10 +63,17 @@ def _wrap_transformers_model(model: nn.Module, tokenizer: Any = None, max_seq_le
             "cannot wrap a transformers model without a name_or_path: save it with save_pretrained() "
             "and pass the directory, or pass a SentenceTransformer"
         )
+    if max_seq_length is None:
+        max_seq_length = _configured_max_seq_length(str(name))
     module = Transformer(str(name), max_seq_length=max_seq_length)
     module.model = model
     if tokenizer is not None:
-        module.processor = tokenizer
+        # a shallow copy: the length limit below is set on the tokenizer, and the caller's must stay as it is
+        module.processor = copy.copy(tokenizer)
+    if max_seq_length is not None:
+        # sentence-transformers keeps the limit on its tokenizer (model_max_length), which otherwise brings its
+        # own (512 for BERT) instead of the model's configured one (256 for all-MiniLM-L6-v2)
+        module.max_seq_length = max_seq_length
     pooling = Pooling(module.get_embedding_dimension(), pooling_mode="mean")
     device = next(model.parameters()).device
     return SentenceTransformer(modules=[module, pooling], device=str(device))
