@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tasks = default_tasks(("wordnet",))
     teacher = run_eval(load_model(default_model_path()), tasks)
-    report = run_eval(load_model(student, tokenizer=trainer.processing_class, max_seq_length=256), tasks)
+    report = run_eval(load_model(student, tokenizer=trainer.processing_class), tasks)
     report.fidelity = teacher_fidelity(report.cache, teacher.cache, default_fidelity_sets())
     rows = Comparison.build(report, teacher).rows
     retained = {r["metric"]: r["retained"] for r in rows}
