@@ -16,7 +16,7 @@ The upload is one commit on top of the branch head seen before uploading (`paren
 so a failure leaves the repo at its previous commit and re-running the push is the retry.
 
 The model card (`build_model_card` / `render_model_card`, usable without pushing) is rendered
-from `model_cards/ternary_model_card.md` through `huggingface_hub.ModelCard.from_template`.
+from the package's `templates/ternary_model_card.md` through `huggingface_hub.ModelCard.from_template`.
 """
 
 from __future__ import annotations
@@ -37,11 +37,12 @@ from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, Mo
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import get_token, validate_repo_id
 
+from .resources import model_card_template
+
 logger = logging.getLogger(__name__)
 
 TERNARY_TAGS = ("ternary", "2-bit", "quantized", "ternary-hf")
 SENTENCE_TRANSFORMERS_TAGS = ("sentence-transformers", "feature-extraction", "sentence-similarity")
-TEMPLATE_NAME = "ternary_model_card.md"
 # Files that carry a model's preprocessing, copied next to the weights when a bare transformers
 # model is pushed (transformers' own push_to_hub leaves them out).
 PREPROCESSING_FILES = (
@@ -240,17 +241,6 @@ def _result_key(r: EvalResult) -> tuple:
     return (r.task_type, r.dataset_type, r.dataset_config, r.dataset_split, r.metric_type)
 
 
-def _template_path() -> Path:
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "model_cards" / TEMPLATE_NAME, here.parent / "model_cards" / TEMPLATE_NAME):
-        if candidate.exists():
-            return candidate
-    raise FileNotFoundError(
-        f"Model card template {TEMPLATE_NAME} not found next to the package ({here / 'model_cards'}) or in "
-        f"{here.parent / 'model_cards'}; the installation is incomplete."
-    )
-
-
 def _pipeline_tag(info: CheckpointInfo) -> str:
     if info.is_sentence_transformer:
         return "sentence-similarity"
@@ -344,7 +334,7 @@ def build_model_card(
     modality = "image" if _pipeline_tag(info).startswith("image") else "text"
     return ModelCard.from_template(
         data,
-        template_path=str(_template_path()),
+        template_path=str(model_card_template()),
         repo_id=repo_id,
         model_name=model_name,
         description=card.description,

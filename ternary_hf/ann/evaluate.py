@@ -41,21 +41,12 @@ class AnnRow:
 
 def qrels_metrics(task: RetrievalTask, query_ids: list[str], hits: list[list[str]], scores: list[list[float]]) -> dict[str, float]:
     """nDCG@10, MRR@10, recall@1 of ranked hit lists against the task's binary qrels."""
-    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+    from ternary_hf.evaluation.ranking import ranking_metrics
 
-    evaluator = InformationRetrievalEvaluator(
-        task.queries, task.corpus, task.relevant_docs, mrr_at_k=[10], ndcg_at_k=[10],
-        accuracy_at_k=[1], precision_recall_at_k=[1], map_at_k=[10], write_csv=False,
-    )
-    by_query = {
-        qid: [{"corpus_id": cid, "score": s} for cid, s in zip(h, sc)] for qid, h, sc in zip(query_ids, hits, scores)
-    }
-    metrics = evaluator.compute_metrics([by_query[q] for q in evaluator.queries_ids])
-    return {
-        "ndcg@10": float(metrics["ndcg@k"][10]),
-        "mrr@10": float(metrics["mrr@k"][10]),
-        "recall@1": float(metrics["recall@k"][1]),
-    }
+    results = {qid: list(zip(h, sc)) for qid, h, sc in zip(query_ids, hits, scores)}
+    judged = {q: task.relevant_docs[q] for q in task.queries if q in task.relevant_docs}
+    metrics = ranking_metrics(judged, results, k=10)
+    return {name: metrics[name] for name in ("ndcg@10", "mrr@10", "recall@1")}
 
 
 def recall_against(exact: list[list[str]], approx: list[list[str]], k: int) -> float:

@@ -9,11 +9,15 @@
 - Image encoders (ViT): :func:`encode_images` (pooled CLS / mean-patch embeddings), then
   :func:`linear_probe_accuracy` and :func:`knn_accuracy` on the frozen features.
 - Reports: :meth:`Comparison.to_markdown`, :meth:`Comparison.save` (JSON, Markdown, PNG plot).
+- Your own loops: ``evaluate.load(metric_path("embedding_fidelity"))`` and
+  ``evaluate.load(metric_path("retrieval"))``, Hugging Face ``evaluate`` metric modules shipped with the
+  package (offline), computed by the same functions as the suite.
 
 CLI: ``ternary-hf eval MODEL [--baseline FP_MODEL] [--quantize] [--out DIR]``.
 """
 
 from ternary_hf.evaluation.fidelity import FidelitySets, default_fidelity_sets, teacher_fidelity
+from ternary_hf.evaluation.metric_modules import METRICS, metric_path
 from ternary_hf.evaluation.models import LoadedModel, load_model, model_size_bytes
 from ternary_hf.evaluation.report import (
     comparison_markdown,
@@ -41,6 +45,7 @@ __all__ = [
     "EmbeddingCache",
     "FidelitySets",
     "LoadedModel",
+    "METRICS",
     "ModelReport",
     "TaskResult",
     "compare",
@@ -56,6 +61,7 @@ __all__ = [
     "load_pair_task",
     "load_retrieval_task",
     "measure_speed",
+    "metric_path",
     "model_size_bytes",
     "plot_quality_vs_size",
     "report_markdown",
