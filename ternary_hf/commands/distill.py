@@ -63,8 +63,9 @@ class DistillCommandArguments:
         default_factory=lambda: [WORDNET, WIKIPEDIA, WIKIPEDIA],
         metadata={"help": "Distillation texts: `wordnet` (the non-held-out WordNet glosses and examples, offline), "
                   "`wikipedia` (~1,850 long Wikipedia paragraphs bundled with gensim's test data) and/or "
-                  ".txt/.jsonl/.csv files. A name given twice is used twice. Default: wordnet wikipedia wikipedia "
-                  "(about 2.5%% long paragraphs: real long inputs lift fidelity on long documents)."},
+                  ".txt/.jsonl/.csv files. A name given twice is used twice: repeat `wikipedia` to weight long inputs "
+                  "more (closer to the teacher on long documents, fewer steps per minute). Default: wordnet "
+                  "wikipedia wikipedia."},
     )
     max_texts: int | None = field(
         default=None, metadata={"help": "Use at most this many texts (a seeded random subset)."}

@@ -20,9 +20,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("model", nargs="?", default=None,
                    help="Model path or Hub id (default: the bundled all-MiniLM-L6-v2).")
     p.add_argument("--output-dir", default="out/minilm-ternary", help="Where to save the packed model.")
-    p.add_argument("--granularity", default="per_channel", choices=GRANULARITIES)
-    p.add_argument("--rule", default="twn", choices=RULES)
-    p.add_argument("--group-size", type=int, default=128)
+    p.add_argument("--granularity", default="per_channel", choices=GRANULARITIES,
+                   help="One scale per matrix, per output row (default) or per --group-size inputs of a row. "
+                        "per_channel suits most models; per_group stores more scales.")
+    p.add_argument("--rule", default="twn", choices=RULES,
+                   help="How weights become {-1, 0, +1} x scale: twn (threshold 0.7 mean|W|, the default), absmean "
+                        "(BitNet b1.58) or paper (scale 2 mean|W|). Keep twn unless you reproduce those methods.")
+    p.add_argument("--group-size", type=int, default=128,
+                   help="Inputs per scale with --granularity per_group; must divide every layer's input size.")
     p.add_argument("--embedding-dtype", default="float", choices=EMBEDDING_DTYPES,
                    help="Embedding tables: int8 rows x per-row scale (4x smaller), int4 with one scale per "
                         "--embedding-group-size values (~7x), ternary rows x per-row scale (~15x, lossier). "
@@ -30,8 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--embedding-group-size", type=int, default=64, help="Values per scale for --embedding-dtype int4.")
     p.add_argument("--calibrate", type=int, default=0, metavar="N",
                    help="Choose the ternary codes with calibration (GPTQ for ternary, ternary_hf.calibration) on N "
-                        "texts of --calibration-data instead of rounding each weight alone (all-MiniLM-L6-v2, "
-                        "N=512: mean cosine to fp32 0.553 -> 0.743 on short texts). 0 = off.")
+                        "texts of --calibration-data instead of rounding each weight alone: a better post-training "
+                        "model when you will not distil it (a few hundred texts are enough; takes minutes). 0 = off.")
     p.add_argument("--calibration-data", nargs="+", default=["wordnet", "wikipedia"], metavar="CORPUS",
                    help="Texts for --calibrate: `wordnet`, `wikipedia` and/or .txt/.jsonl/.csv files.")
     p.add_argument("--prune-vocab", nargs="+", metavar="CORPUS", default=None,

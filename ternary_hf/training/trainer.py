@@ -75,8 +75,9 @@ class DistillationArguments:
     )
     intermediate_mse_weight: float = field(
         default=1.0,
-        metadata={"help": "Weight of the MSE between intermediate hidden states, layer by layer (0 = off). On by "
-                  "default: it costs almost nothing and gave a small, consistent gain."},
+        metadata={"help": "Weight of the MSE between intermediate hidden states, layer by layer (0 = off). Cheap: "
+                  "the teacher computes these states anyway. Set 0 when the student's depth differs from the "
+                  "teacher's."},
     )
     intermediate_layers: list[int] | None = field(
         default=None,
@@ -85,14 +86,14 @@ class DistillationArguments:
     attention_kl_weight: float = field(
         default=0.0,
         metadata={"help": "Weight of KL(teacher || student) between attention maps (TernaryBERT; 0 = off). Needs "
-                  "eager attention: per step it gained a little, but steps took ~1.5x longer, so it is off by default."},
+                  "eager attention and makes each step slower; use it when you train by steps rather than by a "
+                  "time budget."},
     )
     student_attention: str = field(
         default="auto",
         metadata={"help": "Attention implementation of the student while it trains (restored afterwards): `auto` "
-                  "= eager on CPU (its backward is 1.3-2x faster than sdpa's for the short sequences of a "
-                  "distillation batch, same function), the model's own elsewhere; or eager / sdpa / any "
-                  "transformers attn_implementation."},
+                  "= eager on CPU (the faster backward there for short sequences; same function), the model's own "
+                  "elsewhere; or eager / sdpa / any transformers attn_implementation."},
     )
     pooling: str = field(
         default="auto",
@@ -103,9 +104,9 @@ class DistillationArguments:
     relational_weight: float = field(
         default=0.0,
         metadata={"help": "Weight of the in-batch relational KL: teacher vs student softmax over each sentence's "
-                  "cosine to the other sentences of the batch (neighbour order, what retrieval reads). Off by "
-                  "default: on all-MiniLM-L6-v2 weight 1 / temperature 0.1 lowered WordNet nDCG@10 after 600 steps "
-                  "from 87.9%% to 81.2%% of fp32 (README, Self-distillation)."},
+                  "cosine to the other sentences of the batch (neighbour order, what retrieval reads); 0 = off. "
+                  "Use it only with batches of related texts: with unrelated in-batch neighbours it pulls the "
+                  "student away from the teacher (see benchmarks/README.md)."},
     )
     relational_temperature: float = field(
         default=0.05, metadata={"help": "Temperature of the relational KL's softmax over cosines."}
@@ -141,8 +142,8 @@ class DistillationArguments:
         default=0,
         metadata={"help": "Start the student from calibrated ternary codes (GPTQ for ternary, "
                   "`ternary_hf.calibration`) computed on this many training examples instead of the plain rule's "
-                  "rounding; 0 = off. Its time is taken out of time_budget_minutes. Off by default: on "
-                  "all-MiniLM-L6-v2 its head start (cosine loss 0.23 vs 0.44 at step 10) is gone by step ~150."},
+                  "rounding; 0 = off. Its time is taken out of time_budget_minutes. Useful for very short runs "
+                  "(a few hundred steps or fewer): the head start it gives fades as training goes on."},
     )
     freeze_embeddings: bool = field(
         default=False,
