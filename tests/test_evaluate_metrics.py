@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -74,29 +73,18 @@ def test_retrieval_known_values_and_bad_input(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, minilm_path):
-    """A random 2-layer BERT with MiniLM's tokenizer, loaded as a SentenceTransformer (mean pooling)."""
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny_metrics")
-    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                        vocab_size=30522, max_position_embeddings=64, initializer_range=0.2)
-    BertModel(config).eval().save_pretrained(path)
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (Path(minilm_path) / name).is_file():
-            shutil.copy(Path(minilm_path) / name, path / name)
-    return load_model(str(path)).model
+def minilm(minilm_path):
+    return load_model(minilm_path).model
 
 
-def test_retrieval_matches_the_suite(tiny_model, tmp_path):
+def test_retrieval_matches_the_suite(minilm, tmp_path):
     from ternary_hf.data import wordnet
 
     full = wordnet.retrieval_task(n_queries=30, seed=1)
     keep = sorted({d for docs in full.relevant_docs.values() for d in docs} | set(sorted(full.corpus)[:150]))
     task = RetrievalTask("wordnet_tiny", full.queries, {d: full.corpus[d] for d in keep}, full.relevant_docs)
-    cache = EmbeddingCache(tiny_model)
-    suite = run_task(task, tiny_model, cache).metrics
+    cache = EmbeddingCache(minilm)
+    suite = run_task(task, minilm, cache).metrics
 
     # The ranked lists of an exact cosine search over the same embeddings, fed to the metric module.
     qids, dids = list(task.queries), list(task.corpus)

@@ -16,6 +16,22 @@ from ternary_hf.resources import package_file
 METRICS = ("embedding_fidelity", "retrieval")
 
 
+def metric_info(description: str, inputs_description: str, value_type: str):
+    """The `evaluate.MetricInfo` of a ternary-hf metric module: `predictions` and `references` are both
+    sequences of `value_type` values (one sequence per example)."""
+    import datasets
+    import evaluate
+
+    sequence = datasets.Sequence(datasets.Value(value_type))
+    return evaluate.MetricInfo(
+        description=description,
+        citation="",
+        inputs_description=inputs_description,
+        features=datasets.Features({"predictions": sequence, "references": sequence}),
+        codebase_urls=["https://pypi.org/project/ternary-hf/"],
+    )
+
+
 def metric_path(name: str) -> str:
     """Path of the `evaluate` metric module `name` inside the installed package, for `evaluate.load(path)`."""
     if name not in METRICS:

@@ -14,10 +14,10 @@ The numbers come from `ternary_hf.evaluation.fidelity` (the code behind `ternary
 fidelity), so they match what the suite reports on the same embeddings.
 """
 
-import datasets
 import evaluate
 import numpy as np
 from ternary_hf.evaluation.fidelity import embedding_fidelity, neighbour_agreement, paired_cosine
+from ternary_hf.evaluation.metric_modules import metric_info
 
 _DESCRIPTION = """\
 Teacher fidelity of sentence embeddings: row-wise cosine similarity between a model's embeddings
@@ -45,23 +45,10 @@ Examples:
     {'mean_cosine': 0.853..., 'min_cosine': 0.707..., 'top1_agreement': 1.0}
 """
 
-_CITATION = ""
-
 
 class EmbeddingFidelity(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "predictions": datasets.Sequence(datasets.Value("float32")),
-                    "references": datasets.Sequence(datasets.Value("float32")),
-                }
-            ),
-            codebase_urls=["https://pypi.org/project/ternary-hf/"],
-        )
+        return metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION, "float32")
 
     def _compute(self, predictions, references, k=10, corpus_predictions=None, corpus_references=None):
         model = np.asarray(predictions, dtype=np.float32)

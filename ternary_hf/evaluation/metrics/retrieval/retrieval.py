@@ -16,8 +16,8 @@ The numbers come from `ternary_hf.evaluation.ranking` (sentence-transformers'
 `InformationRetrievalEvaluator` metric code, as in `ternary-hf eval` and `ternary-hf ann eval`).
 """
 
-import datasets
 import evaluate
+from ternary_hf.evaluation.metric_modules import metric_info
 from ternary_hf.evaluation.ranking import ranking_metrics
 
 _DESCRIPTION = """\
@@ -40,23 +40,10 @@ Examples:
     {'ndcg@10': 0.815..., 'mrr@10': 0.75, 'recall@1': 0.5, 'recall@10': 1.0}
 """
 
-_CITATION = ""
-
 
 class Retrieval(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "predictions": datasets.Sequence(datasets.Value("string")),
-                    "references": datasets.Sequence(datasets.Value("string")),
-                }
-            ),
-            codebase_urls=["https://pypi.org/project/ternary-hf/"],
-        )
+        return metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION, "string")
 
     def _compute(self, predictions, references, k=10):
         results, relevant = {}, {}
