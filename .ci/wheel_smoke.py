@@ -98,14 +98,14 @@ def main() -> int:
         check("ternary-hf" in (work / "qs/model/README.md").read_text(), "quickstart model has no ternary model card")
 
     with step("ternary-hf quantize"):
-        run([cli, "quantize", "--output-dir", "q"], env)
+        run([cli, "quantize", "--output-dir", "q", "--n-texts", "16"], env)
         check((work / "q/model.safetensors").is_file() or any((work / "q").rglob("model.safetensors")),
               "quantize wrote no weights")
 
     with step("ternary-hf distill (a few steps)"):
-        run([cli, "distill", "--output_dir", "d", "--max_steps", "4", "--max_texts", "256",
-             "--time_budget_minutes", "0", "--per_device_train_batch_size", "8", "--warmup_steps", "1",
-             "--save_strategy", "no", "--logging_steps", "2", "--report_to", "none"], env)
+        run([cli, "distill", "--output_dir", "d", "--data", "wordnet", "--max_texts", "64", "--max_length", "64",
+             "--max_steps", "2", "--per_device_train_batch_size", "4", "--time_budget_minutes", "0",
+             "--warmup_steps", "1", "--save_strategy", "no", "--logging_steps", "1", "--report_to", "none"], env)
         check(any((work / "d").rglob("model.safetensors")), "distill saved no model")
 
     with step("ternary-hf eval (two small tasks)"):
