@@ -31,7 +31,7 @@ WIKIPEDIA = "wikipedia"
 # The default recipe (see benchmarks/distill_recipe.py for how it was chosen and what it reaches).
 RECIPE_TRAINING_DEFAULTS: dict[str, Any] = {
     "per_device_train_batch_size": 32,
-    "learning_rate": 3e-4,  # over the 30-minute budget 3e-4 beat 5e-4 on retrieval (README, Self-distillation)
+    "learning_rate": 3e-4,  # over the 30-minute budget 3e-4 beat 5e-4 on retrieval (benchmarks/README.md)
     "warmup_steps": 100,
     "lr_scheduler_type": "cosine",
     "weight_decay": 0.0,
