@@ -329,7 +329,10 @@ def test_evaluate_ann_matches_exact_evaluator(tiny):
 
 
 def test_ann_cli_build_search_eval(tiny_model_dir, tmp_path, capsys):
-    from ternary_hf.commands.ann import main
+    from ternary_hf import cli
+
+    def main(argv):
+        return cli.main(["ann", *argv])
 
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("\n".join(json.dumps({"_id": f"d{i}", "text": f"text number {i}"}) for i in range(50)))

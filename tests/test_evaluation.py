@@ -305,7 +305,10 @@ def test_user_task_bad_input(tmp_path):
 
 # ---------------------------------------------------------------- CLI
 def test_eval_cli(tiny_st_dir, tmp_path, capsys):
-    from ternary_hf.commands.eval import main
+    from ternary_hf import cli
+
+    def main(argv):
+        return cli.main(["eval", *argv])
 
     (tmp_path / "sts.csv").write_text("sentence1,sentence2,score\na cat,a kitten,4.5\na car,a banana,0.5\nsun,moon,2\n")
     rc = main([tiny_st_dir, "--no-default-tasks", "--pairs", str(tmp_path / "sts.csv"), "--out", str(tmp_path / "o")])

@@ -426,21 +426,21 @@ def test_render_model_card_without_pushing(ternary_dir):
 
 
 def test_cli_push(hub, ternary_dir, tmp_path, capsys, monkeypatch):
-    from ternary_hf.commands import push
+    from ternary_hf import cli
 
     evals = tmp_path / "evals.json"
     evals.write_text(json.dumps([{"task_type": "feature-extraction", "dataset_type": "x/y", "dataset_name": "Y",
                                   "metric_type": "ndcg_at_10", "metric_value": 0.5}]))
-    assert push.main([str(ternary_dir), "alice/cli", "--dry-run", "--eval-results", str(evals)]) == 0
+    assert cli.main(["push", str(ternary_dir), "alice/cli", "--dry-run", "--eval-results", str(evals)]) == 0
     assert "ndcg_at_10" in capsys.readouterr().out and hub.calls == []
 
     monkeypatch.delenv("HF_TOKEN")
-    assert push.main([str(ternary_dir), "alice/cli", "--private", "--revision", "dev", "--token", ALICE,
+    assert cli.main(["push", str(ternary_dir), "alice/cli", "--private", "--revision", "dev", "--token", ALICE,
                       "--base-model", "org/base"]) == 0
     assert "alice/cli@dev" in capsys.readouterr().out
     assert hub.repos["alice/cli"].private and "model.safetensors" in hub.files("alice/cli", "dev")
 
-    assert push.main([str(tmp_path), "alice/cli"]) == 1
+    assert cli.main(["push", str(tmp_path), "alice/cli"]) == 1
     assert "config.json is missing" in capsys.readouterr().err
 
 

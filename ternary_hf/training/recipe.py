@@ -74,9 +74,11 @@ class RecipeArguments:
 
         return self.model or str(default_model_path())
 
-    def ternary_config(self, mode: str = "qat") -> TernaryConfig:
-        """The `TernaryConfig` of the student (`qat`) or of its post-training twin (`packed`)."""
-        return TernaryConfig(granularity=self.granularity, rule=self.rule, group_size=self.group_size, mode=mode)
+    def ternary_config(self, mode: str = "qat", **options: Any) -> TernaryConfig:
+        """The `TernaryConfig` of the student (`qat`) or of its post-training twin (`inference`); ``options`` are
+        further `TernaryConfig` fields (e.g. ``embedding_dtype``)."""
+        return TernaryConfig(granularity=self.granularity, rule=self.rule, group_size=self.group_size, mode=mode,
+                             **options)
 
 
 def recipe_parser(prog: str = "ternary-hf distill", description: str | None = None) -> Any:
@@ -100,6 +102,28 @@ def recipe_training_arguments(output_dir: str, **overrides: Any) -> Any:
 def recipe_distillation_arguments(**overrides: Any) -> DistillationArguments:
     """`DistillationArguments` with the recipe defaults (a 30-minute budget), then `overrides`."""
     return DistillationArguments(**{**RECIPE_DISTILLATION_DEFAULTS, **overrides})
+
+
+def recipe_arguments(recipe: dict[str, Any] | None = None, distillation: dict[str, Any] | None = None,
+                     training: dict[str, Any] | None = None, flags: Sequence[str] = ()) -> tuple[Any, Any, Any]:
+    """`(RecipeArguments, DistillationArguments, TrainingArguments)`: the recipe defaults, then the given field values
+    (``training`` must hold ``output_dir``), then ``flags`` in `ternary-hf distill` syntax (e.g. a user's extra
+    ``["--learning_rate", "1e-4"]``). Raises ValueError naming an unknown field or flag."""
+    recipe, distillation, training = dict(recipe or {}), dict(distillation or {}), dict(training or {})
+    if "output_dir" not in training:
+        raise ValueError("recipe_arguments: training needs an output_dir.")
+    if not flags:
+        try:
+            return (RecipeArguments(**recipe), recipe_distillation_arguments(**distillation),
+                    recipe_training_arguments(**training))
+        except TypeError as exc:  # an unknown field name
+            raise ValueError(f"recipe_arguments: {exc}") from exc
+    parser = recipe_parser()
+    parser.set_defaults(**recipe, **distillation, **training)
+    try:
+        return tuple(parser.parse_args_into_dataclasses(args=list(flags)))
+    except SystemExit as exc:  # argparse already printed what was wrong with the flags
+        raise ValueError(f"recipe_arguments: invalid flags {list(flags)}") from exc
 
 
 def load_distillation_texts(sources: Sequence[str], max_texts: int | None = None, seed: int = 0) -> Any:
