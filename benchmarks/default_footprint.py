@@ -10,15 +10,16 @@ the same distilled model four ways (`ternary_hf.compress.compress`), reloads eac
 
 Columns: `footprint()` ratio to the fp32 checkpoint; mean / min cosine to the fp32 model's embeddings on 1,000
 held-out short texts and the 300 long Lee documents; mean cosine to the float-table variant (what the table format
-alone costs); top-10 neighbour agreement with fp32; and the evaluation suite's mean retained % of fp32
-(`ternary_hf.evaluation`, the quickstart's default tasks).
+alone costs); top-10 neighbour agreement with fp32; and the quickstart's evaluation (its six tasks, the WordNet
+retrieval corpus cut to --wordnet-docs documents): mean retained % of fp32.
 
-    python benchmarks/default_footprint.py --steps 400 --workdir /tmp/default-footprint
+    python benchmarks/default_footprint.py --steps 100 --workdir /tmp/default-footprint
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -33,7 +34,6 @@ VARIANTS = (
     ("int4 tables (group 64)", {"embedding_dtype": "int4"}),
     ("int4 + pruned vocabulary", {"embedding_dtype": "int4", "prune": True}),
 )
-TASKS = ("lee50", "lee50_graded", "wordsim353", "simlex999", "polarity", "wordnet")
 
 
 def distil(workdir: Path, steps: int) -> Path:
@@ -51,9 +51,11 @@ def distil(workdir: Path, steps: int) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--distilled", default=None, help="A distilled ternary checkpoint (default: distil one now).")
-    parser.add_argument("--steps", type=int, default=400, help="Recipe steps when distilling here.")
+    parser.add_argument("--steps", type=int, default=100, help="Recipe steps when distilling here.")
     parser.add_argument("--workdir", default="/tmp/ternary-default-footprint")
-    parser.add_argument("--wordnet-queries", type=int, default=1000)
+    parser.add_argument("--wordnet-queries", type=int, default=500)
+    parser.add_argument("--wordnet-docs", type=int, default=3000,
+                        help="WordNet retrieval corpus: the relevant definitions + random distractors, this many in all.")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -62,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     import ternary_hf
     from ternary_hf.compress import compress, load_ternary_sentence_transformer
     from ternary_hf.defaults import default_model_path
-    from ternary_hf.evaluation import (Comparison, default_fidelity_sets, default_tasks, evaluate, load_model,
-                                       teacher_fidelity)
+    from ternary_hf.evaluation import Comparison, evaluate, load_model, teacher_fidelity
+    from ternary_hf.quickstart.config import FULL
+    from ternary_hf.quickstart.stages import evaluation_data
     from ternary_hf.evaluation.fidelity import paired_cosine
     from ternary_hf.training.recipe import RecipeArguments, load_distillation_texts
 
@@ -74,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"distilled checkpoint: {distilled} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     corpus = list(load_distillation_texts(RecipeArguments().data)["text"])
-    tasks = default_tasks(TASKS, wordnet_queries=args.wordnet_queries)
-    sets = default_fidelity_sets(wordnet_queries=args.wordnet_queries)
+    # the quickstart's evaluation (its data and task list), with the WordNet corpus cut to --wordnet-docs
+    sizes = dataclasses.replace(FULL, wordnet_queries=args.wordnet_queries, wordnet_docs=args.wordnet_docs)
+    tasks, sets, _ = evaluation_data(sizes, seed=0)
     fp32 = evaluate(load_model(SentenceTransformer(str(default_model_path()), device="cpu"), label="fp32"), tasks)
     float_cache = None
     rows = []

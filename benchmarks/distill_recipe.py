@@ -78,15 +78,14 @@ class SnapshotCallback(TrainerCallback):
 
 
 def train(bench_out: str, snapshot_minutes: float, distill_argv: list[str]) -> None:
-    from ternary_hf.commands.distill import build_trainer, parse_args
+    from ternary_hf.training.recipe import build_distillation, recipe_arguments
 
-    if "--output_dir" not in distill_argv:
-        distill_argv = distill_argv + ["--output_dir", os.path.join(bench_out, "trainer")]
-    command_args, dargs, targs = parse_args(distill_argv, prog="distill_recipe.py")
-    targs.save_strategy = "no"  # snapshots are packed models; resumable checkpoints are tested elsewhere
+    # snapshots are packed models; resumable checkpoints are tested elsewhere
+    recipe, dargs, targs = recipe_arguments(training={"output_dir": os.path.join(bench_out, "trainer")},
+                                            flags=distill_argv + ["--save_strategy", "no"])
     ref: list = []
     snapshots = SnapshotCallback(ref, bench_out, snapshot_minutes)
-    trainer = build_trainer(command_args, dargs, targs, callbacks=[snapshots])
+    trainer = build_distillation(recipe, dargs, targs, callbacks=[snapshots])
     ref.append(trainer)
     load_start = os.getloadavg()
     t0 = time.monotonic()
@@ -192,11 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_train:
         train(args.bench_out, args.snapshot_minutes, distill_argv)
     if args.eval != "none":
-        from ternary_hf.commands.distill import parse_args
-        from ternary_hf.defaults import default_model_path
+        from ternary_hf.training.recipe import recipe_arguments
 
-        argv_for_model = distill_argv if "--output_dir" in distill_argv else distill_argv + ["--output_dir", "unused"]
-        source = parse_args(argv_for_model)[0].model or default_model_path()
+        source = recipe_arguments(training={"output_dir": "unused"}, flags=distill_argv)[0].source()
         print_tables(evaluate(args.bench_out, source, args.eval))
     return 0
 

@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     args, distill_argv = parser.parse_known_args(argv)
     torch.set_num_threads(args.threads)
 
-    from ternary_hf.commands.distill import build_trainer, parse_args
+    from ternary_hf.commands.distill import parse_args
+    from ternary_hf.training.recipe import build_distillation as build_trainer
     from ternary_hf.defaults import default_model_path
     from ternary_hf.evaluation import Comparison, default_fidelity_sets, default_tasks, load_model, teacher_fidelity
     from ternary_hf.evaluation import evaluate as run_eval

@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from ternary_hf.commands.distill import build_trainer, parse_args
+    from ternary_hf.commands.distill import parse_args
+    from ternary_hf.training.recipe import build_distillation as build_trainer
     from ternary_hf.training.teacher import base_model_of
 
     command_args, dargs, targs = parse_args(["--output_dir", "/tmp/ternary-hf-train-step", "--max_texts", "64"],

@@ -259,3 +259,26 @@ def test_publish_replaces_only_with_overwrite(tmp_path):
     _publish(staging, out, overwrite=True)
     assert sorted(os.listdir(out)) == ["report.md"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_evaluation_stage_shows_one_bar_and_no_encoding_bars(tmp_path, capsys):
+    """Every evaluation step used to print sentence-transformers' own `Batches:` bars between the stage lines:
+    the stage now shows one bar over models x tasks (+ fidelity)."""
+    from ternary_hf.evaluation import FidelitySets, default_tasks, load_model
+    from ternary_hf.quickstart.run import _evaluate_all
+
+    from conftest import write_tiny_wordpiece_bert
+
+    path = write_tiny_wordpiece_bert(tmp_path / "tiny")
+    models = [load_model(path, label=label) for label in ("fp32", "PTQ", "distilled")]
+    texts = [f"text number {i} of the set" for i in range(150)]  # several encoding batches per call
+    sets = FidelitySets(short=texts[:80], long=texts[80:100], queries=texts[:10], corpus=texts[10:], k=5)
+    capsys.readouterr()
+    reports = _evaluate_all(models, default_tasks(["wordsim353"]), sets, show=True)
+    err = capsys.readouterr().err
+    assert [r.label for r in reports] == ["fp32", "PTQ", "distilled"]
+    assert reports[1].fidelity and reports[2].fidelity
+    assert "Batches" not in err and "encoding" not in err
+    assert "evaluating" in err and "5/5" in err  # 3 models x 1 task + 2 fidelity measures
+    assert {segment.split(":")[0].strip() for segment in err.replace("\n", "\r").split("\r") if segment.strip()} \
+        == {"evaluating"}

@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _texts(sources: list[str]) -> list[str]:
-    from .distill import load_distillation_texts
+    from ..training.recipe import load_distillation_texts
 
     return list(load_distillation_texts(sources)["text"])
 
