@@ -157,3 +157,12 @@ def test_no_import_cycles():
     if cycles:
         pytest.fail("import cycles inside ternary_hf (move the shared piece into a lower module):\n"
                     + "\n\n".join(_describe(c, graph) for c in cycles))
+
+
+def test_the_library_does_not_go_through_the_command_line():
+    """Only the CLI (`ternary_hf.cli`, `ternary_hf.commands.*`) imports the command modules: the quickstart, the
+    training recipe and everything else call typed functions, not argv parsers."""
+    cli = ("ternary_hf.cli", "ternary_hf.commands")
+    offenders = sorted(f"{module} -> {target}" for module, targets in import_graph().items()
+                       if not module.startswith(cli) for target in targets if target.startswith(cli))
+    assert offenders == []

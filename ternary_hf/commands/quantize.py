@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--granularity", default="per_channel", choices=GRANULARITIES)
     p.add_argument("--rule", default="twn", choices=RULES)
     p.add_argument("--group-size", type=int, default=128)
-    p.add_argument("--embedding-dtype", default="float", choices=EMBEDDING_DTYPES,
+    p.add_argument("--embedding-dtype", default="int8", choices=EMBEDDING_DTYPES,
                    help="Embedding tables: int8 rows x per-row scale (4x smaller), int4 with one scale per "
                         "--embedding-group-size values (~7x), ternary rows x per-row scale (~15x, lossier). "
                         "Applied post-training when MODEL is already a ternary (e.g. distilled) checkpoint.")
