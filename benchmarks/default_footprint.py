@@ -8,8 +8,8 @@ the same distilled model four ways (`ternary_hf.compress.compress`), reloads eac
   int4 tables            4-bit codes, one scale per 64 values of a row
   int4 + pruned vocab    int4, and the vocabulary pruned to the distillation corpus (WordNet + Wikipedia texts)
 
-Columns: `footprint()` ratio to the fp32 checkpoint; mean / min cosine to the fp32 model's embeddings on 1,000
-held-out short texts and the 300 long Lee documents; mean cosine to the float-table variant (what the table format
+Columns: `footprint()` ratio to the fp32 checkpoint; mean / min cosine to the fp32 model's embeddings on held-out
+short texts (--fidelity-short) and long Lee documents (--fidelity-long); mean cosine to the float-table variant (what the table format
 alone costs); top-10 neighbour agreement with fp32; and the quickstart's evaluation (its six tasks, the WordNet
 retrieval corpus cut to --wordnet-docs documents): mean retained % of fp32.
 
@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=100, help="Recipe steps when distilling here.")
     parser.add_argument("--workdir", default="/tmp/ternary-default-footprint")
     parser.add_argument("--wordnet-queries", type=int, default=500)
+    parser.add_argument("--fidelity-short", type=int, default=1000, help="Held-out short texts for the cosines.")
+    parser.add_argument("--fidelity-long", type=int, default=300, help="Long Lee documents for the cosines.")
     parser.add_argument("--wordnet-docs", type=int, default=3000,
                         help="WordNet retrieval corpus: the relevant definitions + random distractors, this many in all.")
     args = parser.parse_args(argv)
@@ -78,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
 
     corpus = list(load_distillation_texts(RecipeArguments().data)["text"])
     # the quickstart's evaluation (its data and task list), with the WordNet corpus cut to --wordnet-docs
-    sizes = dataclasses.replace(FULL, wordnet_queries=args.wordnet_queries, wordnet_docs=args.wordnet_docs)
+    sizes = dataclasses.replace(FULL, wordnet_queries=args.wordnet_queries, wordnet_docs=args.wordnet_docs,
+                                fidelity_short=args.fidelity_short, fidelity_long=args.fidelity_long)
     tasks, sets, _ = evaluation_data(sizes, seed=0)
     fp32 = evaluate(load_model(SentenceTransformer(str(default_model_path()), device="cpu"), label="fp32"), tasks)
     float_cache = None

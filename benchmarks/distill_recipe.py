@@ -30,15 +30,9 @@ import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 import ternary_hf  # noqa: E402,F401
+from ternary_hf.fileio import atomic_write_json  # noqa: E402
 
 SNAPSHOTS = "snapshots"
-
-
-def _write_json(path: str, payload: object) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
 
 
 class SnapshotCallback(TrainerCallback):
@@ -64,7 +58,7 @@ class SnapshotCallback(TrainerCallback):
         self.trainer_ref[0].save_model(path)
         self.records.append({"step": step, "train_minutes": round(elapsed / 60.0, 3), "path": path,
                              "load_avg_1m": os.getloadavg()[0]})
-        _write_json(os.path.join(self.out_dir, "snapshots.json"), self.records)
+        atomic_write_json(os.path.join(self.out_dir, "snapshots.json"), self.records)
         self.paused += time.monotonic() - t0
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -91,7 +85,7 @@ def train(bench_out: str, snapshot_minutes: float, distill_argv: list[str]) -> N
     t0 = time.monotonic()
     trainer.train()
     wall = time.monotonic() - t0
-    _write_json(os.path.join(bench_out, "train.json"), {
+    atomic_write_json(os.path.join(bench_out, "train.json"), {
         "argv": distill_argv,
         "distillation_args": {k: v for k, v in vars(dargs).items()},
         "training_args": {k: str(v) for k, v in targs.to_dict().items()},
@@ -147,7 +141,7 @@ def evaluate(bench_out: str, source: str, mode: str) -> dict:
               + f", cos short {report.fidelity['cos_short_mean']:.4f} long {report.fidelity['cos_long_mean']:.4f}",
               flush=True)
     out = {"source": source, "eval_mode": mode, "results": results}
-    _write_json(os.path.join(bench_out, f"eval_{mode}.json"), out)
+    atomic_write_json(os.path.join(bench_out, f"eval_{mode}.json"), out)
     return out
 
 

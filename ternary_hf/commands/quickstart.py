@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="Replace --out if it already holds files.")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--embedding-dtype", default=DEFAULT_EMBEDDING_DTYPE, choices=EMBEDDING_DTYPES,
-                   help=f"How the checkpoint stores its embedding tables (default: {DEFAULT_EMBEDDING_DTYPE}, 0.17x of "
+                   help=f"How the checkpoint stores its embedding tables (default: {DEFAULT_EMBEDDING_DTYPE}, 0.16x of "
                         "fp32 in all for MiniLM at no measurable quality cost; float: 0.56x; see "
                         "benchmarks/results/default_footprint.md).")
     p.add_argument("--no-progress", action="store_true", help="No progress bars.")

@@ -37,6 +37,7 @@ from .teacher import TeacherCache, base_model_of, check_teacher_compatible, load
 
 logger = logging.getLogger(__name__)
 
+
 class TernaryDistillationTrainer(ResumableCheckpoints, Trainer):
     """Distil a ternary student (`TernaryConfig(mode="qat")`, or LoRA adapters on a ternary model) from
     its full-precision teacher.
