@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import ternary_hf
     from ternary_hf.compress import compress, load_ternary_sentence_transformer
-    from ternary_hf.commands.distill import load_distillation_texts
+    from ternary_hf.training.recipe import load_distillation_texts
     from ternary_hf.defaults import default_model_path
     from ternary_hf.dimension import project_with_head
     from ternary_hf.evaluation import suite

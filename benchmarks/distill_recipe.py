@@ -30,15 +30,9 @@ import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 import ternary_hf  # noqa: E402,F401
+from ternary_hf.fileio import atomic_write_json  # noqa: E402
 
 SNAPSHOTS = "snapshots"
-
-
-def _write_json(path: str, payload: object) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
 
 
 class SnapshotCallback(TrainerCallback):
@@ -64,7 +58,7 @@ class SnapshotCallback(TrainerCallback):
         self.trainer_ref[0].save_model(path)
         self.records.append({"step": step, "train_minutes": round(elapsed / 60.0, 3), "path": path,
                              "load_avg_1m": os.getloadavg()[0]})
-        _write_json(os.path.join(self.out_dir, "snapshots.json"), self.records)
+        atomic_write_json(os.path.join(self.out_dir, "snapshots.json"), self.records)
         self.paused += time.monotonic() - t0
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -78,21 +72,20 @@ class SnapshotCallback(TrainerCallback):
 
 
 def train(bench_out: str, snapshot_minutes: float, distill_argv: list[str]) -> None:
-    from ternary_hf.commands.distill import build_trainer, parse_args
+    from ternary_hf.training.recipe import build_distillation, recipe_arguments
 
-    if "--output_dir" not in distill_argv:
-        distill_argv = distill_argv + ["--output_dir", os.path.join(bench_out, "trainer")]
-    command_args, dargs, targs = parse_args(distill_argv, prog="distill_recipe.py")
-    targs.save_strategy = "no"  # snapshots are packed models; resumable checkpoints are tested elsewhere
+    # snapshots are packed models; resumable checkpoints are tested elsewhere
+    recipe, dargs, targs = recipe_arguments(training={"output_dir": os.path.join(bench_out, "trainer")},
+                                            flags=distill_argv + ["--save_strategy", "no"])
     ref: list = []
     snapshots = SnapshotCallback(ref, bench_out, snapshot_minutes)
-    trainer = build_trainer(command_args, dargs, targs, callbacks=[snapshots])
+    trainer = build_distillation(recipe, dargs, targs, callbacks=[snapshots])
     ref.append(trainer)
     load_start = os.getloadavg()
     t0 = time.monotonic()
     trainer.train()
     wall = time.monotonic() - t0
-    _write_json(os.path.join(bench_out, "train.json"), {
+    atomic_write_json(os.path.join(bench_out, "train.json"), {
         "argv": distill_argv,
         "distillation_args": {k: v for k, v in vars(dargs).items()},
         "training_args": {k: str(v) for k, v in targs.to_dict().items()},
@@ -148,7 +141,7 @@ def evaluate(bench_out: str, source: str, mode: str) -> dict:
               + f", cos short {report.fidelity['cos_short_mean']:.4f} long {report.fidelity['cos_long_mean']:.4f}",
               flush=True)
     out = {"source": source, "eval_mode": mode, "results": results}
-    _write_json(os.path.join(bench_out, f"eval_{mode}.json"), out)
+    atomic_write_json(os.path.join(bench_out, f"eval_{mode}.json"), out)
     return out
 
 
@@ -192,11 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_train:
         train(args.bench_out, args.snapshot_minutes, distill_argv)
     if args.eval != "none":
-        from ternary_hf.commands.distill import parse_args
-        from ternary_hf.defaults import default_model_path
+        from ternary_hf.training.recipe import recipe_arguments
 
-        argv_for_model = distill_argv if "--output_dir" in distill_argv else distill_argv + ["--output_dir", "unused"]
-        source = parse_args(argv_for_model)[0].model or default_model_path()
+        source = recipe_arguments(training={"output_dir": "unused"}, flags=distill_argv)[0].source()
         print_tables(evaluate(args.bench_out, source, args.eval))
     return 0
 

@@ -5,7 +5,7 @@
 `from_pretrained(packed_dir)` reloads a saved ternary checkpoint.
 """
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402,F401
 
 from .config import TernaryConfig  # noqa: E402
 from .layer import TernaryLinear  # noqa: E402

@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 def _fsync_dir(path: Path) -> None:
@@ -71,9 +71,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: str | os.PathLike, payload: Any, indent: int | None = 2) -> None:
-    """:func:`atomic_write_bytes` for a JSON document (UTF-8, trailing newline)."""
-    atomic_write_text(path, json.dumps(payload, indent=indent, ensure_ascii=False) + "\n")
+def atomic_write_json(path: str | os.PathLike, payload: Any, indent: int | None = 2,
+                      default: Callable[[Any], Any] | None = None) -> None:
+    """:func:`atomic_write_bytes` for a JSON document (UTF-8, trailing newline); ``default`` as in `json.dumps`."""
+    atomic_write_text(path, json.dumps(payload, indent=indent, ensure_ascii=False, default=default) + "\n")
 
 
 def _default_file_mode() -> int:

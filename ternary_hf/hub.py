@@ -301,7 +301,7 @@ def build_model_card(
     Returns:
         a `huggingface_hub.ModelCard`; `str(card)` is the README.md text, `card.data` its metadata.
     """
-    from . import __version__
+    from .version import __version__
     from .footprint import footprint
 
     info = inspect_checkpoint(local_dir)

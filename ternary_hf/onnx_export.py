@@ -18,12 +18,12 @@ from __future__ import annotations
 import copy
 import inspect
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .fileio import atomic_output_file
 from .integration import ternary_modules
 from .kernels.actquant import QMAX, _EPS
 from .packing import CODES_PER_BYTE
@@ -184,21 +184,10 @@ def export_onnx(
     axes = {n: {0: "batch", 1: "sequence"} for n in input_names}
     axes["last_hidden_state"] = {0: "batch", 1: "sequence"}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
-    os.close(fd)
-    try:
-        with torch.no_grad():
-            torch.onnx.export(
-                _EncoderOutput(export_model, input_names).eval(), example, tmp,
-                input_names=input_names, output_names=["last_hidden_state"], dynamic_axes=axes,
-                opset_version=opset, dynamo=False, do_constant_folding=False,
-            )
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_output_file(path, suffix=".onnx") as tmp, torch.no_grad():
+        torch.onnx.export(
+            _EncoderOutput(export_model, input_names).eval(), example, str(tmp),
+            input_names=input_names, output_names=["last_hidden_state"], dynamic_axes=axes,
+            opset_version=opset, dynamo=False, do_constant_folding=False,
+        )
     return path

@@ -14,7 +14,7 @@ from transformers.quantizers import HfQuantizer, register_quantization_config, r
 from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
 from transformers.quantizers.quantizers_utils import get_module_from_name
 
-from . import __version__
+from .version import __version__
 from .checkpoint import HINT_KEY, METADATA_KEY, read_checkpoint_index
 from .config import LOADER_HINT, QUANT_METHOD, TernaryConfig
 from .integration import (

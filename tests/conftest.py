@@ -17,6 +17,30 @@ def tiny_bert_config(**overrides):
     return BertConfig(**kw)
 
 
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def write_tiny_wordpiece_bert(path, **overrides) -> str:
+    """A random BertModel (2 layers, 32 wide) with all-MiniLM-L6-v2's real WordPiece tokenizer (30,522 tokens),
+    saved to `path` in plain transformers layout; `overrides` are BertConfig fields."""
+    import shutil
+    from pathlib import Path
+
+    from transformers import BertModel
+
+    from ternary_hf.defaults import default_model_path
+
+    config = tiny_bert_config(**{**dict(intermediate_size=64, vocab_size=30522, max_position_embeddings=128,
+                                        initializer_range=0.2), **overrides})
+    torch.manual_seed(0)
+    BertModel(config).eval().save_pretrained(path)
+    source = Path(default_model_path())
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copy(source / name, Path(path) / name)
+    return str(path)
+
+
 def padded_ternary_bert(path):
     """A random 3-layer BERT (hidden 64, 4 heads of 16, with a pooler) saved to `path` and loaded ternary, and
     a padded batch of 4 x 23 tokens (the fused-layer and whole-model tests)."""

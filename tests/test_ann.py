@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from ternary_hf.ann import (
     INDEX_TYPES,
@@ -26,7 +23,7 @@ from ternary_hf.ann import (
 )
 from ternary_hf.data import RetrievalTask
 
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+from conftest import write_tiny_wordpiece_bert
 
 
 def clustered(n_corpus: int, n_queries: int, dim: int, n_clusters: int, noise: float = 0.35, seed: int = 0):
@@ -54,18 +51,8 @@ def data():
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, minilm_path):
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny_ann")
-    config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                        vocab_size=30522, max_position_embeddings=128, initializer_range=0.2)
-    BertModel(config).eval().save_pretrained(path)
-    for name in TOKENIZER_FILES:
-        if (Path(minilm_path) / name).is_file():
-            shutil.copy(Path(minilm_path) / name, path / name)
-    return str(path)
+def tiny_model_dir(tmp_path_factory):
+    return write_tiny_wordpiece_bert(tmp_path_factory.mktemp("tiny_ann"), num_hidden_layers=1)
 
 
 @pytest.fixture(scope="module")
@@ -329,7 +316,10 @@ def test_evaluate_ann_matches_exact_evaluator(tiny):
 
 
 def test_ann_cli_build_search_eval(tiny_model_dir, tmp_path, capsys):
-    from ternary_hf.commands.ann import main
+    from ternary_hf import cli
+
+    def main(argv):
+        return cli.main(["ann", *argv])
 
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("\n".join(json.dumps({"_id": f"d{i}", "text": f"text number {i}"}) for i in range(50)))

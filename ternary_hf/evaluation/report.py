@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from ternary_hf.fileio import atomic_output_file, atomic_write_json, atomic_write_text
+
 if TYPE_CHECKING:
     from ternary_hf.evaluation.suite import Comparison, ModelReport
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same directory + ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -117,22 +100,18 @@ def plot_quality_vs_size(
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> None:
-    """Write a matplotlib figure to `path` atomically (temp file in the same folder + rename) and close it."""
+    """Write a matplotlib figure to `path` atomically and close it."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
+        with atomic_output_file(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=dpi)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """`json.dumps` default for numpy / torch scalars and sets."""
     if hasattr(obj, "item"):
         return obj.item()
     if isinstance(obj, set):
@@ -144,8 +123,8 @@ def save_comparison(cmp: "Comparison", out_dir: str | os.PathLike, plot: bool = 
     """Write ``results.json``, ``results.md`` and (with ``plot``) ``quality_vs_size.png``."""
     out = Path(out_dir)
     paths = {"json": str(out / "results.json"), "markdown": str(out / "results.md")}
-    atomic_write_bytes(paths["json"], json.dumps(cmp.to_dict(), indent=2, default=_json_default).encode())
-    atomic_write_bytes(paths["markdown"], (cmp.to_markdown() + "\n").encode())
+    atomic_write_json(paths["json"], cmp.to_dict(), default=json_default)
+    atomic_write_text(paths["markdown"], cmp.to_markdown() + "\n")
     if plot:
         paths["plot"] = plot_quality_vs_size([cmp.baseline, cmp.model], out / "quality_vs_size.png", cmp.baseline)
     return paths
@@ -155,8 +134,8 @@ def save_report(report: "ModelReport", out_dir: str | os.PathLike, plot: bool = 
     """Single-model variant of :func:`save_comparison`."""
     out = Path(out_dir)
     paths = {"json": str(out / "results.json"), "markdown": str(out / "results.md")}
-    atomic_write_bytes(paths["json"], json.dumps(report.to_dict(), indent=2, default=_json_default).encode())
-    atomic_write_bytes(paths["markdown"], (report_markdown(report) + "\n").encode())
+    atomic_write_json(paths["json"], report.to_dict(), default=json_default)
+    atomic_write_text(paths["markdown"], report_markdown(report) + "\n")
     if plot:
         paths["plot"] = plot_quality_vs_size([report], out / "quality_vs_size.png")
     return paths

@@ -11,7 +11,7 @@ import statistics
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -156,12 +156,15 @@ def evaluate(
     batch_size: int = 64,
     show_progress_bar: bool = False,
     cache: EmbeddingCache | None = None,
+    on_task_done: Callable[[TaskResult], None] | None = None,
     **load_kwargs: Any,
 ) -> ModelReport:
     """Run ``tasks`` (default: :func:`default_tasks`) on one model.
 
     ``model`` is anything :func:`~ternary_hf.evaluation.models.load_model` accepts, or a
     :class:`LoadedModel`; ``load_kwargs`` go to ``load_model`` (``quantize=True`` for PTQ).
+    ``on_task_done`` is called with each task's result as it finishes (e.g. to advance one progress bar
+    for a whole evaluation instead of an encoding bar per call).
     """
     loaded = model if isinstance(model, LoadedModel) else load_model(model, **load_kwargs)
     tasks = default_tasks() if tasks is None else list(tasks)
@@ -171,7 +174,11 @@ def evaluate(
     if len(set(names)) != len(names):
         raise ValueError(f"task names must be unique, got {names}")
     cache = cache or EmbeddingCache(loaded.model, batch_size=batch_size, show_progress_bar=show_progress_bar)
-    results = [run_task(task, loaded.model, cache) for task in tasks]
+    results = []
+    for task in tasks:
+        results.append(run_task(task, loaded.model, cache))
+        if on_task_done is not None:
+            on_task_done(results[-1])
     report = ModelReport(loaded.label, results, cache=cache)
     try:
         report.size = model_size_bytes(loaded)

@@ -183,6 +183,29 @@ def tokenize_texts(dataset: Any, tokenizer: Any, max_length: int, num_proc: int 
                        num_proc=num_proc, desc="Tokenizing distillation texts")
 
 
+def prepare_text_dataset(data: Any, tokenizer: Any, split: str, text_column: str | Sequence[str] | None,
+                         max_length: int, long_documents: int = 0, long_document_tokens: int = 200,
+                         seed: int = 0) -> Any:
+    """The tokenised training (or eval) dataset of a distillation run, with the example-id and length columns the
+    collator and the length-grouped sampler read: texts from anything `load_texts` accepts, plus `long_documents`
+    synthetic long documents; an already tokenised `datasets.Dataset` (with `input_ids`) is used as it is."""
+    import datasets
+
+    if isinstance(data, datasets.Dataset) and "input_ids" in data.column_names:
+        if len(data) == 0:
+            raise ValueError(f"the {split} dataset is empty: there is nothing to distil on.")
+        if ID_COLUMN not in data.column_names:
+            data = data.add_column(ID_COLUMN, list(range(len(data))))
+        if LENGTH_COLUMN not in data.column_names:
+            data = data.add_column(LENGTH_COLUMN, [len(x) for x in data["input_ids"]])
+        return data
+    texts = load_texts(data, text_column)
+    if long_documents:
+        docs = synthesize_long_documents(texts["text"], tokenizer, long_documents, long_document_tokens, seed=seed)
+        texts = datasets.concatenate_datasets([texts, datasets.Dataset.from_dict({"text": docs})])
+    return tokenize_texts(texts, tokenizer, max_length)
+
+
 @dataclass
 class DistillationCollator:
     """Pads a list of tokenised examples to the longest in the batch; keeps `example_id`."""

@@ -1,218 +1,44 @@
 """`TernaryDistillationTrainer`: self-distillation of a ternary (QAT) student from its own
 full-precision copy, as a `transformers.Trainer`.
 
-Checkpoints: `save_pretrained` of a QAT model writes the *packed* ternary checkpoint, which cannot
-continue a run (the latent weights are gone). Every `checkpoint-N/` written during training therefore
-holds, besides the packed model (loadable with `from_pretrained` as is), the latent full-precision
-state in `ternary_latent.safetensors`, and is marked complete by `ternary_checkpoint.json` written
-last (atomically). `resume_from_checkpoint=True` picks the newest *complete* checkpoint, so a crash
-or Ctrl-C during a save never leaves a checkpoint that is picked but cannot be resumed.
+The loss and the training loop live here; the options in `arguments.py`, resumable checkpoints in
+`checkpointing.py`, the wall-time budget and the progress display in `callbacks.py`, data preparation in `data.py`
+(text) and `images.py`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import shutil
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers import ProgressCallback, Trainer
 
 from ..integration import is_ternary_model, ternary_modules
-from .data import ID_COLUMN, LENGTH_COLUMN, DistillationCollator, load_texts, synthesize_long_documents, tokenize_texts
+from .arguments import DistillationArguments
+from .callbacks import TimeBudgetCallback, TrainingProgress
+from .checkpointing import (  # noqa: F401  (CHECKPOINT_MARKER_NAME ... stay importable from here)
+    CHECKPOINT_MARKER_NAME,
+    LATENT_WEIGHTS_NAME,
+    ResumableCheckpoints,
+    copy_sentence_transformers_files,
+    drop_incomplete_checkpoints,
+    is_complete_checkpoint,
+    last_complete_checkpoint,
+    resolve_resume,
+)
+from .data import ID_COLUMN, LENGTH_COLUMN, DistillationCollator, prepare_text_dataset
 from .images import IMAGE_COLUMNS, ImageDistillationCollator, image_pooling, is_image_encoder, load_images
-from .losses import DistillationLoss, LossWeights
+from .losses import DistillationLoss
 from .teacher import TeacherCache, base_model_of, check_teacher_compatible, load_pooling, load_teacher, model_source
 
 logger = logging.getLogger(__name__)
 
-LATENT_WEIGHTS_NAME = "ternary_latent.safetensors"
-CHECKPOINT_MARKER_NAME = "ternary_checkpoint.json"
-# Files that make an output directory loadable as a SentenceTransformer; copied from the student's source.
-_ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 
-
-@dataclass
-class DistillationArguments:
-    """Options of ternary self-distillation (everything that is not a `TrainingArguments` field)."""
-
-    teacher: str | None = field(
-        default=None,
-        metadata={"help": "Full-precision teacher (path or Hub id). Default: the student's own source "
-                  "checkpoint (`config._name_or_path`)."},
-    )
-    text_column: str | None = field(
-        default=None,
-        metadata={"help": "Dataset column with the texts ('a,b' for pairs: each side is a text). Default: "
-                  "`text`, `sentence`, ... or a known pair such as sentence1/sentence2."},
-    )
-    image_column: str | None = field(
-        default=None,
-        metadata={"help": "Image encoders: dataset column with the images (raw images, preprocessed per batch by "
-                  "the image processor) or pixel_values. Default: pixel_values, image, img, ..."},
-    )
-    max_length: int = field(
-        default=256, metadata={"help": "Truncate texts to this many tokens (batches are padded only to their longest)."}
-    )
-    long_documents: int = field(
-        default=0,
-        metadata={"help": "Add this many synthetic long documents (random training texts joined to about "
-                  "`long_document_tokens` tokens), so the student also matches the teacher on long inputs."},
-    )
-    long_document_tokens: int = field(default=200, metadata={"help": "Target length of the synthetic long documents."})
-    hidden_mse_weight: float = field(
-        default=1.0, metadata={"help": "Weight of the MSE between last hidden states, over real tokens."}
-    )
-    cosine_weight: float = field(
-        default=1.0, metadata={"help": "Weight of 1 - cosine between the pooled sentence embeddings."}
-    )
-    intermediate_mse_weight: float = field(
-        default=1.0,
-        metadata={"help": "Weight of the MSE between intermediate hidden states, layer by layer (0 = off). Cheap: "
-                  "the teacher computes these states anyway. Set 0 when the student's depth differs from the "
-                  "teacher's."},
-    )
-    intermediate_layers: list[int] | None = field(
-        default=None,
-        metadata={"help": "hidden_states indices for the intermediate MSE (0 = embeddings). Default: all but the last."},
-    )
-    attention_kl_weight: float = field(
-        default=0.0,
-        metadata={"help": "Weight of KL(teacher || student) between attention maps (TernaryBERT; 0 = off). Needs "
-                  "eager attention and makes each step slower; use it when you train by steps rather than by a "
-                  "time budget."},
-    )
-    student_attention: str = field(
-        default="auto",
-        metadata={"help": "Attention implementation of the student while it trains (restored afterwards): `auto` "
-                  "= eager on CPU (the faster backward there for short sequences; same function), the model's own "
-                  "elsewhere; or eager / sdpa / any transformers attn_implementation."},
-    )
-    pooling: str = field(
-        default="auto",
-        metadata={"help": "Pooling for the cosine term. Text: `auto` (the model's sentence-transformers "
-                  "pooling, else mean), or mean / cls / max / mean_sqrt_len_tokens / weightedmean / lasttoken. "
-                  "Images: `auto` = cls (the CLS token), or mean (mean of the patch tokens)."},
-    )
-    relational_weight: float = field(
-        default=0.0,
-        metadata={"help": "Weight of the in-batch relational KL: teacher vs student softmax over each sentence's "
-                  "cosine to the other sentences of the batch (neighbour order, what retrieval reads); 0 = off. "
-                  "Use it only with batches of related texts: with unrelated in-batch neighbours it pulls the "
-                  "student away from the teacher (see benchmarks/README.md)."},
-    )
-    relational_temperature: float = field(
-        default=0.05, metadata={"help": "Temperature of the relational KL's softmax over cosines."}
-    )
-    quant_warmup_steps: int = field(
-        default=0,
-        metadata={"help": "Ramp quantization in over this many steps (strength = min(step / N, 1)); 0 = fully "
-                  "ternary from the first step."},
-    )
-    cache_teacher_outputs: bool = field(
-        default=False,
-        metadata={"help": "Keep each example's teacher outputs in memory after its first use, so later epochs "
-                  "skip the teacher forward (memory: about tokens x hidden x 2 bytes)."},
-    )
-    disable_dropout: bool = field(
-        default=True,
-        metadata={"help": "Set the student's dropout to 0: the student should reproduce the teacher's "
-                  "(eval-mode) function, not a noisy version of it."},
-    )
-    learn_scales: bool = field(
-        default=True,
-        metadata={"help": "Train each ternary layer's scale (per row / group) as a parameter, initialised from "
-                  "the rule's scale; the rule still picks the codes. Same checkpoint format."},
-    )
-    time_budget_minutes: float | None = field(
-        default=None,
-        metadata={"help": "Train for this much wall time: the learning rate warms up over `warmup_steps` then "
-                  "follows a cosine decay over the *time* budget, and training stops when it is spent (set "
-                  "max_steps high). Wall time is measured by rank 0 and shared with the other ranks. 0 or unset: "
-                  "no budget (the TrainingArguments schedule over max_steps)."},
-    )
-    calibration_examples: int = field(
-        default=0,
-        metadata={"help": "Start the student from calibrated ternary codes (GPTQ for ternary, "
-                  "`ternary_hf.calibration`) computed on this many training examples instead of the plain rule's "
-                  "rounding; 0 = off. Its time is taken out of time_budget_minutes. Useful for very short runs "
-                  "(a few hundred steps or fewer): the head start it gives fades as training goes on."},
-    )
-    freeze_embeddings: bool = field(
-        default=False,
-        metadata={"help": "Freeze the student's input (word) embeddings; they stay full precision anyway."},
-    )
-
-    def loss_weights(self) -> LossWeights:
-        return LossWeights(self.hidden_mse_weight, self.cosine_weight, self.intermediate_mse_weight,
-                           self.attention_kl_weight, self.relational_weight, self.relational_temperature)
-
-    def __post_init__(self) -> None:
-        self.loss_weights()  # validates the weights
-        for name in ("max_length", "long_document_tokens"):
-            if getattr(self, name) < 2:
-                raise ValueError(f"DistillationArguments.{name} must be >= 2, got {getattr(self, name)}.")
-        if self.time_budget_minutes is not None:
-            if self.time_budget_minutes < 0:
-                raise ValueError(
-                    f"DistillationArguments.time_budget_minutes must be >= 0, got {self.time_budget_minutes}."
-                )
-            if self.time_budget_minutes == 0:  # 0 = no budget: the TrainingArguments schedule over max_steps
-                self.time_budget_minutes = None
-        for name in ("long_documents", "quant_warmup_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"DistillationArguments.{name} must be >= 0, got {getattr(self, name)}.")
-        if self.cache_teacher_outputs and self.attention_kl_weight > 0:
-            raise ValueError(
-                "cache_teacher_outputs cannot be combined with attention_kl_weight > 0 (attention maps are "
-                "seq x seq per head: too large to cache); disable one of them."
-            )
-
-
-def _atomic_json(path: str, payload: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def is_complete_checkpoint(path: str) -> bool:
-    """Whether a `checkpoint-N` directory was fully written by `TernaryDistillationTrainer`."""
-    marker = os.path.join(path, CHECKPOINT_MARKER_NAME)
-    try:
-        with open(marker, encoding="utf-8") as f:
-            return bool(json.load(f).get("complete"))
-    except (OSError, ValueError):
-        return False
-
-
-def _checkpoint_dirs(output_dir: str) -> list[tuple[int, str]]:
-    if not os.path.isdir(output_dir):
-        return []
-    found = []
-    for name in os.listdir(output_dir):
-        prefix = f"{PREFIX_CHECKPOINT_DIR}-"
-        if name.startswith(prefix) and name[len(prefix):].isdigit() and os.path.isdir(os.path.join(output_dir, name)):
-            found.append((int(name[len(prefix):]), os.path.join(output_dir, name)))
-    return sorted(found)
-
-
-def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The newest complete checkpoint in `output_dir` (incomplete ones, from an interrupted save, are skipped)."""
-    complete = [path for _, path in _checkpoint_dirs(output_dir) if is_complete_checkpoint(path)]
-    return complete[-1] if complete else None
-
-
-class TernaryDistillationTrainer(Trainer):
+class TernaryDistillationTrainer(ResumableCheckpoints, Trainer):
     """Distil a ternary student (`TernaryConfig(mode="qat")`, or LoRA adapters on a ternary model) from
     its full-precision teacher.
 
@@ -324,6 +150,9 @@ class TernaryDistillationTrainer(Trainer):
             # the calibration is part of the run: what it took comes out of the budget
             self.time_budget = TimeBudgetCallback(max(dargs.time_budget_minutes * 60.0 - calibration_seconds, 1.0))
             self.add_callback(self.time_budget)
+            # the budget, not max_steps, ends the run: the bar counts its seconds
+            if self.pop_callback(ProgressCallback) is not None:
+                self.add_callback(TrainingProgress(self.time_budget))
 
     @torch.no_grad()
     def _calibrate_student(self, model: nn.Module, dataset: Any, collator: Any, examples: int) -> dict[str, Any]:
@@ -384,27 +213,13 @@ class TernaryDistillationTrainer(Trainer):
         return DistillationCollator(processing_class)
 
     def _prepare_dataset(self, data: Any, tokenizer: Any, split: str, long_documents: int, seed: int) -> Any:
-        import datasets
-
         dargs = self.distillation_args
         if self.is_image_model:
             if long_documents:
                 raise ValueError("DistillationArguments.long_documents applies to text; set it to 0 for images.")
             return load_images(data, dargs.image_column)
-        if isinstance(data, datasets.Dataset) and "input_ids" in data.column_names:
-            if len(data) == 0:
-                raise ValueError(f"the {split} dataset is empty: there is nothing to distil on.")
-            if ID_COLUMN not in data.column_names:
-                data = data.add_column(ID_COLUMN, list(range(len(data))))
-            if LENGTH_COLUMN not in data.column_names:
-                data = data.add_column(LENGTH_COLUMN, [len(x) for x in data["input_ids"]])
-            return data
-        texts = load_texts(data, dargs.text_column)
-        if long_documents:
-            docs = synthesize_long_documents(texts["text"], tokenizer, long_documents, dargs.long_document_tokens,
-                                             seed=seed)
-            texts = datasets.concatenate_datasets([texts, datasets.Dataset.from_dict({"text": docs})])
-        return tokenize_texts(texts, tokenizer, dargs.max_length)
+        return prepare_text_dataset(data, tokenizer, split, dargs.text_column, dargs.max_length, long_documents,
+                                    dargs.long_document_tokens, seed)
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
@@ -536,28 +351,13 @@ class TernaryDistillationTrainer(Trainer):
             self._term_sums, self._term_count = {}, 0
         super().log(logs, start_time)
 
-    # ---- training entry point, checkpoints and resume ----
+    # ---- training entry point and saving ----
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """`Trainer.train`; `resume_from_checkpoint=True` resumes from the newest *complete* checkpoint."""
-        if resume_from_checkpoint is True:
-            found = last_complete_checkpoint(self.args.output_dir)
-            if found is None:
-                raise ValueError(
-                    f"No complete checkpoint in {self.args.output_dir} to resume from (a complete one holds "
-                    f"{CHECKPOINT_MARKER_NAME}); start without resume_from_checkpoint."
-                )
-            resume_from_checkpoint = found
-        if isinstance(resume_from_checkpoint, (str, os.PathLike)):
-            resume_from_checkpoint = os.fspath(resume_from_checkpoint)
-            if not is_complete_checkpoint(resume_from_checkpoint):
-                latest = last_complete_checkpoint(os.path.dirname(os.path.abspath(resume_from_checkpoint)))
-                raise ValueError(
-                    f"{resume_from_checkpoint} is not a complete ternary-hf checkpoint (no {CHECKPOINT_MARKER_NAME}: "
-                    f"its save was interrupted, or it was not written by TernaryDistillationTrainer). "
-                    + (f"Resume from {latest} instead." if latest else "")
-                )
-            self._drop_incomplete_checkpoints()
+        resume_from_checkpoint = resolve_resume(resume_from_checkpoint, self.args.output_dir)
+        if isinstance(resume_from_checkpoint, str) and self.args.should_save:
+            drop_incomplete_checkpoints(self.args.output_dir)
         restore_attention = self._set_training_attention()
         try:
             return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
@@ -578,80 +378,10 @@ class TernaryDistillationTrainer(Trainer):
         student.set_attn_implementation(wanted)
         return lambda: student.set_attn_implementation(current)
 
-    def _drop_incomplete_checkpoints(self) -> None:
-        if not self.args.should_save:
-            return
-        for _, path in _checkpoint_dirs(self.args.output_dir):
-            if not is_complete_checkpoint(path):
-                logger.warning("Removing incomplete checkpoint %s (its save was interrupted).", path)
-                shutil.rmtree(path, ignore_errors=True)
-
-    def _has_qat_layers(self) -> bool:
-        return any(layer.mode == "qat" for _, layer in ternary_modules(self.model))
-
-    def _save_checkpoint(self, model, trial) -> None:
-        # Rotation is deferred until this checkpoint is complete, so an interrupted save never leaves the
-        # output directory without a resumable checkpoint.
-        limit = self.args.save_total_limit
-        self.args.save_total_limit = None
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self.args.save_total_limit = limit
-        if not self.args.should_save:
-            return
-        run_dir = self._get_output_dir(trial=trial)
-        output_dir = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        latent = None
-        if self._has_qat_layers():
-            latent = LATENT_WEIGHTS_NAME
-            self._save_latent(os.path.join(output_dir, LATENT_WEIGHTS_NAME))
-        _atomic_json(os.path.join(output_dir, CHECKPOINT_MARKER_NAME),
-                     {"complete": True, "global_step": self.state.global_step, "latent_weights": latent})
-        rotate_checkpoints(run_dir, save_total_limit=limit, best_model_checkpoint=self.state.best_model_checkpoint,
-                           use_mtime=False)
-
-    def _save_latent(self, path: str) -> None:
-        from safetensors.torch import save_model
-
-        tmp = f"{path}.tmp-{os.getpid()}"
-        save_model(self.accelerator.unwrap_model(self.model), tmp, metadata={"format": "pt", "ternary_hf": "qat-latent"})
-        os.replace(tmp, path)
-
-    def _load_latent(self, path: str, model: nn.Module) -> None:
-        from safetensors.torch import load_model
-
-        missing, unexpected = load_model(model, path, strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"{path} does not match the student: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}. "
-                "Resume with the same model and TernaryConfig as the interrupted run."
-            )
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        model = model if model is not None else self.model
-        latent = os.path.join(resume_from_checkpoint, LATENT_WEIGHTS_NAME)
-        if os.path.isfile(latent):
-            self._load_latent(latent, model)
-            return
-        if self._has_qat_layers():
-            raise ValueError(
-                f"{resume_from_checkpoint} has no {LATENT_WEIGHTS_NAME}: it holds only packed ternary weights, from "
-                "which a QAT run cannot continue. Resume from a checkpoint written by TernaryDistillationTrainer."
-            )
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-
-    def _load_best_model(self) -> None:
-        latent = os.path.join(self.state.best_model_checkpoint, LATENT_WEIGHTS_NAME)
-        if os.path.isfile(latent):
-            self._load_latent(latent, self.accelerator.unwrap_model(self.model))
-            return
-        super()._load_best_model()
-
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Writes the packed ternary model (the quantizer packs QAT layers) and, when the student's source
         is a sentence-transformers model, its module files, so the output loads as a SentenceTransformer."""
-        super()._save(output_dir, state_dict)
+        super().save_model(output_dir, _internal_call)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if self.args.should_save and self._source:
             copy_sentence_transformers_files(self._source, output_dir)
@@ -669,42 +399,6 @@ def _image_processor_of(source: str | None) -> Any:
         return None
 
 
-def copy_sentence_transformers_files(source: str, output_dir: str) -> list[str]:
-    """Copy `modules.json`, `sentence_bert_config.json`, ... and each module's `config.json` (e.g.
-    `1_Pooling/config.json`) from `source` (local dir or Hub cache) to `output_dir`, creating every module
-    folder `modules.json` lists. Returns the files copied."""
-    from transformers.utils import cached_file
-
-    def fetch(name: str, subfolder: str = "") -> str | None:
-        return cached_file(source, name, subfolder=subfolder, _raise_exceptions_for_missing_entries=False,
-                           _raise_exceptions_for_connection_errors=False)
-
-    copied = []
-    modules_path = fetch("modules.json")
-    if modules_path is None:
-        return copied
-    targets = [(name, "") for name in _ST_FILES]
-    with open(modules_path, encoding="utf-8") as f:
-        module_dirs = [m["path"] for m in json.load(f) if m.get("path")]
-    targets += [("config.json", d) for d in module_dirs]
-    # a module without files (e.g. `2_Normalize`) still needs its folder: sentence-transformers and
-    # `ternary-hf push` treat a listed but missing module folder as an incomplete checkpoint
-    for d in module_dirs:
-        os.makedirs(os.path.join(output_dir, d), exist_ok=True)
-    for name, subfolder in targets:
-        src = fetch(name, subfolder)
-        if src is None:
-            continue
-        dst_dir = os.path.join(output_dir, subfolder)
-        os.makedirs(dst_dir, exist_ok=True)
-        dst = os.path.join(dst_dir, name)
-        tmp = f"{dst}.tmp-{os.getpid()}"
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-        copied.append(os.path.join(subfolder, name))
-    return copied
-
-
 class _full_strength:
     """Context manager: evaluate with fully ternary layers (the saved model), whatever the warm-up."""
 
@@ -720,35 +414,3 @@ class _full_strength:
     def __exit__(self, *exc: Any) -> None:
         for layer, strength in zip(self.layers, self.saved):
             layer.quant_strength = strength
-
-
-class TimeBudgetCallback(TrainerCallback):
-    """Stops training once `seconds` of wall time have passed since `on_train_begin` (checkpointing then, if
-    checkpoints are enabled). Rank 0's clock is broadcast every step so that all ranks agree on the learning
-    rate and on when to stop."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.start: float | None = None
-        self.elapsed = 0.0
-
-    @property
-    def fraction(self) -> float:
-        return min(self.elapsed / self.seconds, 1.0)
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.start = time.monotonic()
-        self.elapsed = 0.0
-
-    def on_step_end(self, args, state, control, **kwargs):
-        elapsed = time.monotonic() - (self.start if self.start is not None else time.monotonic())
-        if args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            value = torch.tensor([elapsed], dtype=torch.float64, device=args.device)
-            torch.distributed.broadcast(value, src=0)
-            elapsed = float(value)
-        self.elapsed = elapsed
-        if elapsed >= self.seconds:
-            control.should_training_stop = True
-            if args.save_strategy != "no":
-                control.should_save = True
-        return control

@@ -1,5 +1,5 @@
 """The quickstart's report: Markdown tables, the printed summary, sample searches and the PNG plots,
-all built from the `results.json` payload of :func:`ternary_hf.pipeline.run_quickstart`."""
+all built from the `results.json` payload of :func:`ternary_hf.quickstart.run_quickstart`."""
 
 from __future__ import annotations
 
@@ -26,6 +26,10 @@ def _mib(n: float | None) -> str:
 def _clip(text: str, n: int = 90) -> str:
     text = " ".join(text.split())
     return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _tables(results: dict) -> str:
+    return results["footprint"].get("embedding_dtype", "float")
 
 
 # --------------------------------------------------------------------------- tables
@@ -129,6 +133,7 @@ def summary_table(results: dict) -> str:
         ("cosine to fp32, long documents", "1", _f(fid["PTQ"]["cos_long_mean"]), _f(fid["distilled"]["cos_long_mean"])),
         ("top-10 neighbour agreement", "1", _f(fid["PTQ"].get("top10_agreement")), _f(fid["distilled"].get("top10_agreement"))),
         ("weights (MiB)", *(_f((fp.get(m) or {}).get("bytes", float("nan")) / 2**20, 1) for m in MODELS)),
+        ("size (x fp32)", *(_f((fp.get(m) or {}).get("ratio"), 3) for m in MODELS)),
         ("encoding speed (texts/s)", *(_f(speed[m], 1) for m in MODELS)),
     ]
     wn = [r for r in q["distilled"]["rows"] if r["task"] == "wordnet" and r["metric"] == "ndcg@10"]
@@ -139,7 +144,8 @@ def summary_table(results: dict) -> str:
     head = f"{'':<{width}}  {'fp32':>9}  {'PTQ':>9}  {'distilled':>9}"
     lines = [f"ternary-hf quickstart: {model_label(results)}",
              f"distilled {t['steps']} steps in {t['minutes']:.1f} min on {t['texts']:,} texts "
-             f"({results['corpus']}); total {results['wall_minutes']:.1f} min", "", head, "-" * len(head)]
+             f"({results['corpus']}); total {results['wall_minutes']:.1f} min",
+             f"stored as 2-bit linears + {_tables(results)} embedding tables", "", head, "-" * len(head)]
     lines += [f"{name:<{width}}  {a:>9}  {b:>9}  {c:>9}" for name, a, b, c in rows]
     return "\n".join(lines)
 
@@ -161,7 +167,8 @@ def report_markdown(results: dict, comparisons: dict, checkpoint_footprint: Any)
         "self-distillation, reloaded from disk. Retained = metric / fp32 metric.", "",
         "## Quality", "", quality_table(results), "",
         "## Footprint", "",
-        "Stored weights of the three models (`ternary_hf.footprint`; embeddings stay full precision):", "",
+        f"Stored weights of the three models (`ternary_hf.footprint`; PTQ and distilled: 2-bit linears + "
+        f"{_tables(results)} embedding tables):", "",
         footprint_table(results), "",
         "The packed checkpoint (`model/`), by component:", "", checkpoint_footprint.to_markdown(), "",
         "## Speed", "",
@@ -188,7 +195,7 @@ def report_markdown(results: dict, comparisons: dict, checkpoint_footprint: Any)
 
 # --------------------------------------------------------------------------- plots
 def _save_figure(fig: Any, path: Path) -> None:
-    from .evaluation.report import save_figure
+    from ..evaluation.report import save_figure
 
     save_figure(fig, path, dpi=110)
 
@@ -223,7 +230,7 @@ def plot_training_curve(curve: Sequence[dict], path: str | os.PathLike) -> str:
 
 def write_plots(out_dir: Path, curve: Sequence[dict], reports: Sequence[Any], reference: Any) -> dict[str, str]:
     """The training curve and the quality vs size / speed plot (``ternary_hf.evaluation.plot_quality_vs_size``)."""
-    from .evaluation import plot_quality_vs_size
+    from ..evaluation import plot_quality_vs_size
 
     plot_training_curve(curve, out_dir / TRAINING_CURVE)
     plot_quality_vs_size(reports, out_dir / QUALITY_PLOT, reference=reference)
