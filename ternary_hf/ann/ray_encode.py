@@ -80,7 +80,11 @@ def _corpus_datasource(files: list[str], chunk_size: int, prefix_ids: bool):
     from ray.data.datasource import FileBasedDatasource
 
     class CorpusDatasource(FileBasedDatasource):
-        """One read task per file, yielding ``chunk_size``-row ``(id, text)`` blocks as the file streams by."""
+        """One read task per file; each row is one chunk of ``chunk_size`` documents (``ids``, ``texts`` lists).
+
+        A chunk travels as one row because Ray Data re-blocks rows freely (splitting and merging blocks) and
+        never splits a row: the encoder gets exactly the chunks a single process would encode.
+        """
 
         def _open_input_source(self, filesystem, path, **open_args):
             if path.lower().endswith(".parquet"):  # parquet needs random access (footer first)
@@ -96,16 +100,20 @@ def _corpus_datasource(files: list[str], chunk_size: int, prefix_ids: bool):
                 ids.append(prefix + doc_id)
                 texts.append(text)
                 if len(ids) == chunk_size:
-                    yield pa.table({"id": ids, "text": texts})
+                    yield pa.table({"ids": [ids], "texts": [texts]})
                     ids, texts = [], []
             if ids:
-                yield pa.table({"id": ids, "text": texts})
+                yield pa.table({"ids": [ids], "texts": [texts]})
 
     return CorpusDatasource(files, file_extensions=None)
 
 
 class CorpusEncoder:
-    """Ray Data actor: loads the model once, then encodes ``(id, text)`` blocks into ``(id, embedding)`` blocks."""
+    """Ray Data actor: loads the model once, then encodes batches into ``(id, embedding)`` rows.
+
+    A batch is either chunk rows (``ids``, ``texts`` lists, from corpus files: each chunk is one encode call)
+    or plain ``(id, text)`` rows (from a user's ``ray.data.Dataset``).
+    """
 
     def __init__(self, model: str, quantize: bool, threads: int, batch_size: int, normalize: bool,
                  fingerprint: str | None):
@@ -127,9 +135,15 @@ class CorpusEncoder:
     def __call__(self, batch):
         import pyarrow as pa
 
-        emb = encode_texts(self.model, batch.column("text").to_pylist(), batch_size=self.batch_size,
-                           normalize=self.normalize)
-        return pa.table({"id": batch.column("id"), "embedding": embeddings_to_arrow(emb)})
+        if "texts" in batch.column_names:
+            chunks = zip(batch.column("ids").to_pylist(), batch.column("texts").to_pylist())
+        else:
+            chunks = [(batch.column("id").to_pylist(), batch.column("text").to_pylist())]
+        tables = []
+        for ids, texts in chunks:
+            emb = encode_texts(self.model, texts, batch_size=self.batch_size, normalize=self.normalize)
+            tables.append(pa.table({"id": pa.array(ids, pa.string()), "embedding": embeddings_to_arrow(emb)}))
+        return pa.concat_tables(tables)
 
 
 def check_address(address: str, timeout: float = 5.0) -> None:
@@ -226,9 +240,12 @@ def encode_with_ray(
             if dataset is None:
                 # reading and parsing is cheap next to encoding: read tasks do not hold a CPU the actors need
                 dataset = ray.data.read_datasource(_corpus_datasource(files, chunk_size, len(files) > 1),
-                                                   ray_remote_args={"num_cpus": 0})
-                block_rows = None  # every block is one chunk: the same encode calls as a single process makes
+                                                   num_cpus=0)
+                block_rows = 1  # one chunk row per call: the same encode calls as a single process makes
             else:
+                missing = {"id", "text"} - set(dataset.schema().names)
+                if missing:
+                    raise ValueError(f"the dataset has no {', '.join(sorted(missing))} column (it needs 'id' and 'text')")
                 block_rows = chunk_size
             encoded = dataset.map_batches(
                 CorpusEncoder,
