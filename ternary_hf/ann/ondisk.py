@@ -210,14 +210,15 @@ def load_index(path: str | os.PathLike, verify: bool = True) -> AnnIndex:
         raise IndexFileError(f"{meta_path} is not valid JSON ({exc}); rebuild the index") from exc
     if meta.get("layout") != LAYOUT or meta.get("version") != VERSION:
         raise IndexFileError(f"{meta_path}: not a {LAYOUT} v{VERSION} index")
-    for name, info in meta["files"].items():
+    for name, info in meta["files"].items():  # cheap checks of every file before any is hashed
         f = path / name
         if not f.is_file():
             raise IndexFileError(f"{path}: {name} is missing; rebuild the index")
         if f.stat().st_size != info["bytes"]:
             raise IndexFileError(f"{f} has {f.stat().st_size} bytes, index.json says {info['bytes']}: truncated or replaced")
-        if verify and file_sha256(f) != info["sha256"]:
-            raise IndexFileError(f"{f}: SHA-256 differs from index.json (corrupt or replaced)")
+    for name, info in meta["files"].items() if verify else ():
+        if file_sha256(path / name) != info["sha256"]:
+            raise IndexFileError(f"{path / name}: SHA-256 differs from index.json (corrupt or replaced)")
     # the index names its lists file by the path it was built at; SAME_DIR finds it next to index.faiss instead
     with _quiet_faiss_stdout():
         index = faiss.read_index(str(path / "index.faiss"), faiss.IO_FLAG_ONDISK_SAME_DIR)

@@ -25,6 +25,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 PTQ_SUFFIX = "#ternary-ptq"
@@ -314,7 +315,9 @@ def run_search(args: argparse.Namespace) -> int:
         index.check_model(source, variant=PTQ_SUFFIX[1:] if quantize else None,
                           allow_model_mismatch=args.allow_model_mismatch, what=str(args.index_file))
         loaded = load_model(source, quantize=quantize, device=args.device)
-        ids, scores = index.search(queries, args.k, model=loaded.model, allow_model_mismatch=args.allow_model_mismatch)
+        with warnings.catch_warnings():  # a mismatch allowed above has been reported once already
+            warnings.simplefilter("ignore", UserWarning)
+            ids, scores = index.search(queries, args.k, model=loaded.model, allow_model_mismatch=args.allow_model_mismatch)
     except ERRORS as exc:
         return _fail("search", exc)
     for query, hit_ids, hit_scores in zip(queries, ids, scores):
