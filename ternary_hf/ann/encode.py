@@ -52,8 +52,11 @@ def read_corpus(source: str | os.PathLike | Mapping[str, str] | Iterable) -> Ite
         yield from read_corpus_stream(handle, str(path))
 
 
-def read_corpus_stream(handle: Any, name: str) -> Iterator[tuple[str, str]]:
+def read_corpus_stream(handle: Any, name: str, position_prefix: str = "") -> Iterator[tuple[str, str]]:
     """``(id, text)`` pairs from an open binary file of the format ``name``'s suffix says (see :func:`read_corpus`).
+
+    ``position_prefix`` goes in front of ids made from positions (line / row numbers, when the file has no id),
+    so that several files read together keep their ids apart.
 
     The one parser of corpus files: single-process encoding reads local files through it, and the Ray pipeline
     (:mod:`ternary_hf.ann.ray_encode`) reads each file of a corpus through it on a worker, so both assign the same
@@ -61,7 +64,7 @@ def read_corpus_stream(handle: Any, name: str) -> Iterator[tuple[str, str]]:
     """
     suffix = Path(name).suffix.lower()
     if suffix == ".parquet":
-        yield from _read_parquet(handle, name)
+        yield from _read_parquet(handle, name, position_prefix)
         return
     if suffix not in CORPUS_SUFFIXES:
         suffix = ".txt"
@@ -74,7 +77,7 @@ def read_corpus_stream(handle: Any, name: str) -> Iterator[tuple[str, str]]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{name}:{lineno}: invalid JSON ({exc.msg})") from exc
-            doc_id = row.get("_id", row.get("id", lineno - 1))
+            doc_id = row.get("_id", row.get("id", f"{position_prefix}{lineno - 1}"))
             body = row.get("text")
             if body is None:
                 raise ValueError(f"{name}:{lineno}: no 'text' field")
@@ -96,15 +99,15 @@ def read_corpus_stream(handle: Any, name: str) -> Iterator[tuple[str, str]]:
         for n, row in enumerate(rows):
             if len(row) <= t_col:
                 raise ValueError(f"{name}: row {n + 1} has no text column")
-            yield (str(row[i_col]) if i_col is not None else str(n)), row[t_col]
+            yield (str(row[i_col]) if i_col is not None else f"{position_prefix}{n}"), row[t_col]
     else:
         for lineno, line in enumerate(text):
             line = line.rstrip("\r\n")
             if line.strip():
-                yield str(lineno), line
+                yield f"{position_prefix}{lineno}", line
 
 
-def _read_parquet(handle: Any, name: str) -> Iterator[tuple[str, str]]:
+def _read_parquet(handle: Any, name: str, position_prefix: str) -> Iterator[tuple[str, str]]:
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(handle)
@@ -119,7 +122,7 @@ def _read_parquet(handle: Any, name: str) -> Iterator[tuple[str, str]]:
     for batch in pf.iter_batches(columns=wanted, batch_size=8192):
         data = batch.to_pydict()
         bodies = data[lower["text"]]
-        ids = data[id_col] if id_col else range(row, row + len(bodies))
+        ids = data[id_col] if id_col else [f"{position_prefix}{i}" for i in range(row, row + len(bodies))]
         titles = data[title_col] if title_col else itertools.repeat(None)
         for doc_id, body, title in zip(ids, bodies, titles):
             if body is None:

@@ -96,8 +96,8 @@ def _corpus_datasource(files: list[str], chunk_size: int, prefix_ids: bool):
             ids: list[str] = []
             texts: list[str] = []
             handle = f if path.lower().endswith(".parquet") else io.BufferedReader(f)
-            for doc_id, text in read_corpus_stream(handle, path):
-                ids.append(prefix + doc_id)
+            for doc_id, text in read_corpus_stream(handle, path, prefix):
+                ids.append(doc_id)
                 texts.append(text)
                 if len(ids) == chunk_size:
                     yield pa.table({"ids": [ids], "texts": [texts]})

@@ -1,0 +1,296 @@
+"""Past one machine: Ray Data encoding vs one process, and an IVF-PQ index merged on disk from shards.
+
+Usage::
+
+    nice -n 5 python benchmarks/ann_ray.py encode --texts 100000            # Ray vs one process, ternary MiniLM
+    python benchmarks/ann_ray.py index --vectors 1000000 --shards 8        # IVF-PQ via merge_ondisk, 1M x 384
+
+``encode``: the first ``--texts`` WordNet glosses (real text, ids = synset ids; repeated with suffixed ids if more
+are asked for than WordNet has) in one ``.jsonl``, encoded by the bundled all-MiniLM-L6-v2 ternarized on load
+(``--quantize``, PTQ; the packed ternary kernels) into embedding shards:
+
+* one process with ``--threads`` torch threads (:func:`ternary_hf.ann.encode_to_shards`);
+* Ray Data on a local cluster of ``--threads`` CPUs: ``--threads`` one-thread actors
+  (:func:`ternary_hf.ann.encode_with_ray`), i.e. the same cores.
+
+The two runs alternate ``--repeats`` times (single first), and the machine's load average is printed with each row,
+since on a shared machine the other processes set the pace. Per run: wall seconds, texts/s, peak RSS of the
+encoding process(es) (for Ray: each actor's VmHWM, sampled every 0.5 s via psutil; the driver's too), and whether
+the vectors equal the single-process ones.
+
+``index``: ``--vectors`` synthetic d=384 embeddings (a Gaussian mixture, L2-normalized, like sentence embeddings)
+written as ``--shards`` shard files, then :func:`ternary_hf.ann.build_ondisk_index` (IVF-PQ, pq_m=48: train on a
+sample, add shard by shard, ``merge_ondisk``). Reported: build seconds (train / add+merge), peak RSS of the build
+(vs the 1.5 GB the float vectors take), index bytes on disk, queries/s at several nprobe (``--threads`` FAISS
+threads), and recall@10 against exact search computed shard by shard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+def peak_rss() -> int:
+    """This process's peak RSS (VmHWM) in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def load() -> str:
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+class WorkerPeaks:
+    """Peak RSS (VmHWM) of every Ray encoder actor process, sampled in a background thread."""
+
+    def __enter__(self):
+        import psutil
+
+        self.peaks: dict[int, int] = {}
+        self._stop = threading.Event()
+
+        def run():
+            while not self._stop.is_set():
+                for proc in psutil.process_iter(["pid", "cmdline"]):
+                    try:
+                        if "CorpusEncoder" in " ".join(proc.info["cmdline"] or []):
+                            with open(f"/proc/{proc.pid}/status") as f:
+                                hwm = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))
+                            self.peaks[proc.pid] = max(hwm, self.peaks.get(proc.pid, 0))
+                    except (OSError, StopIteration, psutil.Error):
+                        pass
+                self._stop.wait(0.5)
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def wordnet_corpus(path: Path, n: int) -> int:
+    from ternary_hf.data import wordnet
+
+    synsets = wordnet.load_synsets()
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(n):
+            s = synsets[i % len(synsets)]
+            doc_id = s.synset_id if i < len(synsets) else f"{s.synset_id}#{i // len(synsets)}"
+            f.write(json.dumps({"_id": doc_id, "text": s.gloss}) + "\n")
+    return len(synsets)
+
+
+def read_all(shards):
+    got = list(shards.iter_shards())
+    return sum((i for i, _ in got), []), np.concatenate([e for _, e in got])
+
+
+def single_process(model: str, corpus: str, out: str, threads: int, quantize: bool, chunk_size: int,
+                   batch_size: int) -> tuple[float, float, int]:
+    """Runs in a fresh (spawned) process, so its peak RSS is its own: (encode s, incl. model load s, peak RSS)."""
+    import torch
+
+    from ternary_hf.ann import encode_to_shards
+    from ternary_hf.evaluation import load_model
+
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    st = load_model(model, quantize=quantize).model
+    t1 = time.perf_counter()
+    encode_to_shards(st, corpus, out, chunk_size=chunk_size, batch_size=batch_size, show_progress_bar=False)
+    t2 = time.perf_counter()
+    return t2 - t1, t2 - t0, peak_rss()
+
+
+def bench_encode(args) -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from ternary_hf.ann import EmbeddingShards, encode_with_ray
+    from ternary_hf.defaults import default_model_path
+
+    model = default_model_path()
+    work = Path(tempfile.mkdtemp(prefix="ann_ray_"))
+    corpus = work / "corpus.jsonl"
+    n_synsets = wordnet_corpus(corpus, args.texts)
+    print(f"corpus: {args.texts:,} WordNet glosses ({n_synsets:,} synsets), model {model} ternarized on load, "
+          f"chunk {args.chunk_size}, batch {args.batch_size}, {args.threads} threads; cpus {os.cpu_count()}\n")
+    rows, reference = [], None
+    for rep in range(args.repeats):
+        # one process, args.threads torch threads
+        out = work / f"single{rep}"
+        start_load = load()
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            enc, total, peak = pool.submit(single_process, str(model), str(corpus), str(out), args.threads,
+                                           args.quantize, args.chunk_size, args.batch_size).result()
+        ids, emb = read_all(EmbeddingShards.open(out))
+        same = reference is None or (ids == reference[0] and bool(np.array_equal(emb, reference[1])))
+        reference = (ids, emb) if reference is None else reference
+        rows.append(("one process", rep, args.threads, 1, enc, total, peak, None, start_load, load(), same))
+        shutil.rmtree(out)
+        # Ray, args.threads one-thread actors on a local cluster of args.threads CPUs
+        import ray
+
+        out = work / f"ray{rep}"
+        start_load = load()
+        t0 = time.perf_counter()
+        ray.init(num_cpus=args.threads, include_dashboard=False, log_to_driver=False)
+        try:
+            with WorkerPeaks() as peaks:
+                t1 = time.perf_counter()
+                shards = encode_with_ray(corpus, model, out, quantize=args.quantize, num_actors=args.threads,
+                                         threads_per_actor=1, chunk_size=args.chunk_size, batch_size=args.batch_size,
+                                         show_progress_bar=False)
+                t2 = time.perf_counter()
+        finally:
+            ray.shutdown()
+        ids, emb = read_all(shards)
+        same = ids == reference[0] and bool(np.array_equal(emb, reference[1]))
+        worker_peak = max(peaks.peaks.values()) if peaks.peaks else 0
+        rows.append(("Ray Data", rep, 1, args.threads, t2 - t1, t2 - t0, worker_peak, len(peaks.peaks), start_load,
+                     load(), same))
+        shutil.rmtree(out)
+    print("| engine | run | threads/worker | workers | encode s | texts/s | incl. start s | peak RSS/worker | "
+          "load avg before -> after | vectors = one process |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for engine, rep, threads, workers, enc, total, peak, seen, before, after, same in rows:
+        print(f"| {engine} | {rep + 1} | {threads} | {workers}{'' if seen is None else f' ({seen} seen)'} | {enc:.1f} | "
+              f"{args.texts / enc:,.0f} | {total:.1f} | {peak / 2**20:,.0f} MiB | {before} -> {after} | "
+              f"{'yes' if same else 'NO'} |")
+    shutil.rmtree(work)
+
+
+def mixture(n: int, dim: int, centers: np.ndarray, rng) -> np.ndarray:
+    x = centers[rng.integers(0, len(centers), n)] + 0.5 * rng.normal(size=(n, dim)).astype(np.float32)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def bench_index(args) -> None:
+    import faiss
+
+    from ternary_hf.ann import IndexParams, build_ondisk_index, faiss_threads, load_index, write_shards
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="ann_ondisk_"))
+    rng = np.random.default_rng(0)
+    dim = 384
+    centers = rng.normal(size=(args.vectors // 100, dim)).astype(np.float32)
+    per = args.vectors // args.shards
+
+    def chunks():
+        for s in range(args.shards):
+            for start in range(0, per, 50_000):
+                n = min(50_000, per - start)
+                yield [str(s * per + start + i) for i in range(n)], mixture(n, dim, centers, rng)
+
+    t0 = time.perf_counter()
+    shards = write_shards(chunks(), work / "shards", rows_per_shard=per, metadata={"model_id": "synthetic"})
+    gen_s = time.perf_counter() - t0
+    queries = mixture(args.queries, dim, centers, np.random.default_rng(1))
+    # exact top-10, one shard at a time (never the whole float matrix in memory)
+    t0 = time.perf_counter()
+    best_s = np.full((len(queries), 10), -np.inf, np.float32)
+    best_i = np.zeros((len(queries), 10), np.int64)
+    offset = 0
+    with faiss_threads(args.threads):
+        for _, emb in shards.iter_shards():
+            scores, idx = faiss.knn(queries, emb, 10, metric=faiss.METRIC_INNER_PRODUCT)
+            all_s = np.concatenate([best_s, scores], 1)
+            all_i = np.concatenate([best_i, idx + offset], 1)
+            order = np.argsort(-all_s, axis=1)[:, :10]
+            best_s, best_i = np.take_along_axis(all_s, order, 1), np.take_along_axis(all_i, order, 1)
+            offset += len(emb)
+    exact_s = time.perf_counter() - t0
+    base_rss = rss()
+    peak = [base_rss]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss())
+            stop.wait(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    params = IndexParams(nlist=args.nlist, pq_m=48, train_size=args.train_size, nprobe=16)
+    t0 = time.perf_counter()
+    with faiss_threads(args.threads):
+        index = build_ondisk_index(shards, work / "index", "ivf-pq", params=params, verify=False)
+    build_s = time.perf_counter() - t0
+    stop.set()
+    sampler.join()
+    meta = json.loads((work / "index" / "index.json").read_text())
+    disk = sum(f.stat().st_size for f in (work / "index").iterdir())
+    float_bytes = args.vectors * dim * 4
+    print(f"{args.vectors:,} vectors x {dim} in {args.shards} shards ({gen_s:.0f} s to generate and write); "
+          f"IVF-PQ nlist {meta['params']['nlist']}, pq_m 48, trained on {meta['train_vectors']:,} sampled vectors; "
+          f"{args.threads} FAISS thread(s); load avg {load()}\n")
+    print("| build s (train / total) | peak extra RSS | float vectors | index on disk | exact search s (shard by shard) |")
+    print("|---|---|---|---|---|")
+    print(f"| {meta['train_seconds']:.0f} / {build_s:.0f} | {(peak[0] - base_rss) / 2**20:,.0f} MiB | "
+          f"{float_bytes / 2**20:,.0f} MiB | {disk / 2**20:,.0f} MiB | {exact_s:.0f} |\n")
+    index = load_index(work / "index")
+    truth = [set(row) for row in best_i.tolist()]
+    print("| nprobe | queries/s | recall@10 vs exact |")
+    print("|---|---|---|")
+    with faiss_threads(args.threads):
+        for nprobe in (8, 16, 32, 64):
+            index.set_search_params(nprobe=nprobe)
+            index.search_embeddings(queries[:50], 10)  # warm the page cache for these lists
+            t0 = time.perf_counter()
+            hits, _ = index.search_embeddings(queries, 10)
+            qps = len(queries) / (time.perf_counter() - t0)
+            recall = np.mean([len({int(h) for h in row} & t) / 10 for row, t in zip(hits, truth)])
+            print(f"| {nprobe} | {qps:,.0f} | {recall:.3f} |")
+    if not args.workdir:
+        shutil.rmtree(work)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="what", required=True)
+    e = sub.add_parser("encode")
+    e.add_argument("--texts", type=int, default=100_000)
+    e.add_argument("--threads", type=int, default=2)
+    e.add_argument("--repeats", type=int, default=1)
+    e.add_argument("--chunk-size", type=int, default=1024)
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--no-quantize", dest="quantize", action="store_false")
+    i = sub.add_parser("index")
+    i.add_argument("--vectors", type=int, default=1_000_000)
+    i.add_argument("--shards", type=int, default=8)
+    i.add_argument("--nlist", type=int, default=1024)
+    i.add_argument("--train-size", type=int, default=65_536)
+    i.add_argument("--queries", type=int, default=1000)
+    i.add_argument("--threads", type=int, default=1)
+    i.add_argument("--workdir", default=None, help="keep the shards and index here")
+    args = p.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    bench_encode(args) if args.what == "encode" else bench_index(args)
+
+
+if __name__ == "__main__":
+    main()
