@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import sys
 import time
@@ -35,7 +34,7 @@ import numpy as np
 
 from ternary_hf.ann.fingerprint import ModelFingerprint, file_sha256
 from ternary_hf.ann.index import AnnIndex, IndexFileError, IndexParams
-from ternary_hf.ann.shards import EmbeddingShards, check_compatible, check_output_free
+from ternary_hf.ann.shards import EmbeddingShards, check_compatible, check_output_free, read_manifest
 from ternary_hf.fileio import atomic_write_json, staged_directory
 
 LAYOUT = "ternary-hf-ivf-ondisk"
@@ -201,15 +200,7 @@ def load_index(path: str | os.PathLike, verify: bool = True) -> AnnIndex:
     path = Path(path)
     if not path.is_dir():
         return AnnIndex.load(path)
-    meta_path = path / "index.json"
-    if not meta_path.is_file():
-        raise IndexFileError(f"{path} is a folder without index.json: not an index built by ternary-hf ann index")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IndexFileError(f"{meta_path} is not valid JSON ({exc}); rebuild the index") from exc
-    if meta.get("layout") != LAYOUT or meta.get("version") != VERSION:
-        raise IndexFileError(f"{meta_path}: not a {LAYOUT} v{VERSION} index")
+    meta = read_manifest(path / "index.json", IndexFileError, {"layout": LAYOUT, "version": VERSION}, "rebuild the index")
     for name, info in meta["files"].items():  # cheap checks of every file before any is hashed
         f = path / name
         if not f.is_file():

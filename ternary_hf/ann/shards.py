@@ -62,6 +62,19 @@ def arrow_to_embeddings(column) -> np.ndarray:
     return np.ascontiguousarray(flat.reshape(len(column), column.type.list_size), dtype=np.float32)
 
 
+def read_manifest(path: Path, error: type[ValueError], expect: dict[str, Any], remedy: str) -> dict[str, Any]:
+    """Read a JSON manifest and check its format markers (``expect``); ``error`` names the file and ``remedy``."""
+    if not path.is_file():
+        raise error(f"{path.parent} has no {path.name}: not a ternary-hf folder of this kind (or an interrupted write)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{path} is not valid JSON ({exc}); {remedy}") from exc
+    if any(manifest.get(k) != v for k, v in expect.items()):
+        raise error(f"{path}: not a {' '.join(str(v) for v in expect.values())} manifest; {remedy}")
+    return manifest
+
+
 def _schema(dim: int):
     import pyarrow as pa
 
@@ -234,14 +247,7 @@ class EmbeddingShards:
         ``verify``, SHA-256 and row count); :class:`ShardError` names the first one that does not."""
         folder = Path(folder)
         path = folder / MANIFEST
-        if not path.is_file():
-            raise ShardError(f"{folder} has no {MANIFEST}: not an embedding shard folder (or an interrupted write)")
-        try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ShardError(f"{path} is not valid JSON ({exc}); re-encode the corpus") from exc
-        if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-            raise ShardError(f"{path}: not a {FORMAT} v{VERSION} manifest")
+        manifest = read_manifest(path, ShardError, {"format": FORMAT, "version": VERSION}, "re-encode the corpus")
         shards = cls(folder, manifest, ModelFingerprint.from_dict(manifest.get("model_fingerprint")))
         if sum(s["rows"] for s in manifest["shards"]) != manifest["count"]:
             raise ShardError(f"{path}: shard rows do not add up to count={manifest['count']}")
