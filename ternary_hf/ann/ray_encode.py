@@ -209,7 +209,6 @@ def encode_with_ray(
     """
     out = check_output_free(out, overwrite, "shard folder")
     ray = _import_ray()
-    import pyarrow as pa  # noqa: F401 - ray[data] brings it; fail here rather than on a worker
     from ray.data import ActorPoolStrategy, DataContext
 
     if chunk_size < 1 or batch_size < 1:
