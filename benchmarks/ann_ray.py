@@ -14,7 +14,8 @@ are asked for than WordNet has) in one ``.jsonl``, encoded by the bundled all-Mi
   (:func:`ternary_hf.ann.encode_with_ray`), i.e. the same cores.
 
 The two runs alternate ``--repeats`` times (single first), and the machine's load average is printed with each row,
-since on a shared machine the other processes set the pace. Per run: wall seconds, texts/s, peak RSS of the
+since on a shared machine the other processes set the pace. Ray workers run at the driver's priority
+(``RAY_worker_niceness=0``; Ray's default is nice 15), shown in the ``nice`` column. Per run: wall seconds, texts/s, peak RSS of the
 encoding process(es) (for Ray: each actor's VmHWM, sampled every 0.5 s via psutil; the driver's too), and whether
 the vectors equal the single-process ones.
 
@@ -69,6 +70,7 @@ class WorkerPeaks:
         import psutil
 
         self.peaks: dict[int, int] = {}
+        self.nice: set[int] = set()
         self._stop = threading.Event()
 
         def run():
@@ -79,6 +81,7 @@ class WorkerPeaks:
                             with open(f"/proc/{proc.pid}/status") as f:
                                 hwm = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))
                             self.peaks[proc.pid] = max(hwm, self.peaks.get(proc.pid, 0))
+                            self.nice.add(proc.nice())
                     except (OSError, StopIteration, psutil.Error):
                         pass
                 self._stop.wait(0.5)
@@ -140,6 +143,17 @@ def bench_encode(args) -> None:
     print(f"corpus: {args.texts:,} WordNet glosses ({n_synsets:,} synsets), model {model} ternarized on load, "
           f"chunk {args.chunk_size}, batch {args.batch_size}, {args.threads} threads; cpus {os.cpu_count()}\n")
     rows, reference = [], None
+    header = ("| engine | run | threads/worker | workers | nice | encode s | texts/s | incl. start s | peak RSS/worker | "
+              "load avg before -> after | vectors = one process |\n|---|---|---|---|---|---|---|---|---|---|---|")
+
+    def show(row):
+        engine, rep, threads, workers, nice, enc, total, peak, before, after, same = row
+        line = (f"| {engine} | {rep + 1} | {threads} | {workers} | {nice} | {enc:.1f} | {args.texts / enc:,.0f} | "
+                f"{total:.1f} | {peak / 2**20:,.0f} MiB | {before} -> {after} | {'yes' if same else 'NO'} |")
+        print(line, flush=True)
+        rows.append(line)
+
+    print(header, flush=True)
     for rep in range(args.repeats):
         # one process, args.threads torch threads
         out = work / f"single{rep}"
@@ -150,7 +164,7 @@ def bench_encode(args) -> None:
         ids, emb = read_all(EmbeddingShards.open(out))
         same = reference is None or (ids == reference[0] and bool(np.array_equal(emb, reference[1])))
         reference = (ids, emb) if reference is None else reference
-        rows.append(("one process", rep, args.threads, 1, enc, total, peak, None, start_load, load(), same))
+        show(("one process", rep, args.threads, 1, os.nice(0), enc, total, peak, start_load, load(), same))
         shutil.rmtree(out)
         # Ray, args.threads one-thread actors on a local cluster of args.threads CPUs
         import ray
@@ -171,16 +185,9 @@ def bench_encode(args) -> None:
         ids, emb = read_all(shards)
         same = ids == reference[0] and bool(np.array_equal(emb, reference[1]))
         worker_peak = max(peaks.peaks.values()) if peaks.peaks else 0
-        rows.append(("Ray Data", rep, 1, args.threads, t2 - t1, t2 - t0, worker_peak, len(peaks.peaks), start_load,
-                     load(), same))
+        show(("Ray Data", rep, 1, f"{args.threads} ({len(peaks.peaks)} seen)", ",".join(map(str, sorted(peaks.nice))),
+              t2 - t1, t2 - t0, worker_peak, start_load, load(), same))
         shutil.rmtree(out)
-    print("| engine | run | threads/worker | workers | encode s | texts/s | incl. start s | peak RSS/worker | "
-          "load avg before -> after | vectors = one process |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for engine, rep, threads, workers, enc, total, peak, seen, before, after, same in rows:
-        print(f"| {engine} | {rep + 1} | {threads} | {workers}{'' if seen is None else f' ({seen} seen)'} | {enc:.1f} | "
-              f"{args.texts / enc:,.0f} | {total:.1f} | {peak / 2**20:,.0f} MiB | {before} -> {after} | "
-              f"{'yes' if same else 'NO'} |")
     shutil.rmtree(work)
 
 
@@ -289,6 +296,10 @@ def main() -> None:
     i.add_argument("--workdir", default=None, help="keep the shards and index here")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Ray starts its workers at nice 15 (RayConfig worker_niceness) so that its own daemons stay responsive; on a
+    # machine shared with other work that starves the encoders against the nice-0 single process. Same priority
+    # for both here (override by setting RAY_worker_niceness yourself).
+    os.environ.setdefault("RAY_worker_niceness", "0")
     bench_encode(args) if args.what == "encode" else bench_index(args)
 
 
