@@ -193,8 +193,8 @@ def _encode_shards(args: argparse.Namespace, out: str):
     from ternary_hf.evaluation.models import load_model
 
     corpus = _corpus(args.corpus)
+    loaded = load_model(args.model, quantize=args.quantize, device=args.device)  # first: a Hub id gets cached
     fingerprint = model_fingerprint(args.model, variant=PTQ_SUFFIX[1:] if args.quantize else None)
-    loaded = load_model(args.model, quantize=args.quantize, device=args.device)
     return encode_to_shards(
         loaded.model, corpus, out, model_id=model_id, model_fingerprint=fingerprint, chunk_size=args.chunk_size,
         batch_size=args.batch_size, rows_per_shard=args.rows_per_shard, overwrite=args.overwrite,
@@ -217,8 +217,8 @@ def run_build(args: argparse.Namespace) -> int:
         from ternary_hf.evaluation.models import load_model
 
         corpus = _corpus(args.corpus)
+        loaded = load_model(args.model, quantize=args.quantize, device=args.device)  # first: a Hub id gets cached
         fingerprint = model_fingerprint(args.model, variant=PTQ_SUFFIX[1:] if args.quantize else None)
-        loaded = load_model(args.model, quantize=args.quantize, device=args.device)
         model_id = str(args.model) + (PTQ_SUFFIX if args.quantize else "")
         start = time.perf_counter()
         index = build_index(
@@ -311,10 +311,10 @@ def run_search(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.index_file} records no model id: pass --model")
         quantize = model_id.endswith(PTQ_SUFFIX)
         source = model_id.removesuffix(PTQ_SUFFIX)
-        # before the model is loaded: its files must be those the index was built from
+        loaded = load_model(source, quantize=quantize, device=args.device)
+        # before any query is encoded: the model's files must be those the index was built from
         index.check_model(source, variant=PTQ_SUFFIX[1:] if quantize else None,
                           allow_model_mismatch=args.allow_model_mismatch, what=str(args.index_file))
-        loaded = load_model(source, quantize=quantize, device=args.device)
         with warnings.catch_warnings():  # a mismatch allowed above has been reported once already
             warnings.simplefilter("ignore", UserWarning)
             ids, scores = index.search(queries, args.k, model=loaded.model, allow_model_mismatch=args.allow_model_mismatch)
