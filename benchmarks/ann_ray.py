@@ -19,11 +19,12 @@ since on a shared machine the other processes set the pace. Ray workers run at t
 encoding process(es) (for Ray: each actor's VmHWM, sampled every 0.5 s via psutil; the driver's too), and whether
 the vectors equal the single-process ones.
 
-``index``: ``--vectors`` synthetic d=384 embeddings (a Gaussian mixture, L2-normalized, like sentence embeddings)
-written as ``--shards`` shard files, then :func:`ternary_hf.ann.build_ondisk_index` (IVF-PQ, pq_m=48: train on a
-sample, add shard by shard, ``merge_ondisk``). Reported: build seconds (train / add+merge), peak RSS of the build
-(vs the 1.5 GB the float vectors take), index bytes on disk, queries/s at several nprobe (``--threads`` FAISS
-threads), and recall@10 against exact search computed shard by shard.
+``index``: ``--vectors`` synthetic d=384 embeddings (the Gaussian mixture of ``benchmarks/ann_scale.py``, whose
+1M table is in the README) written as ``--shards`` shard files, then :func:`ternary_hf.ann.build_ondisk_index`
+(IVF-PQ, pq_m=48: train on a sample, add shard by shard, ``merge_ondisk``), and for comparison one in-memory
+IndexIVFPQ with the same parameters over all vectors. Reported: build seconds, peak extra RSS of each build
+(sampled every 50 ms), index bytes, queries/s at several nprobe (``--threads`` FAISS threads), and recall@10
+against exact search computed shard by shard.
 """
 
 from __future__ import annotations
@@ -41,14 +42,6 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * PAGE
-
 
 def peak_rss() -> int:
     """This process's peak RSS (VmHWM) in bytes."""
@@ -191,32 +184,23 @@ def bench_encode(args) -> None:
     shutil.rmtree(work)
 
 
-def mixture(n: int, dim: int, centers: np.ndarray, rng) -> np.ndarray:
-    x = centers[rng.integers(0, len(centers), n)] + 0.5 * rng.normal(size=(n, dim)).astype(np.float32)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
 def bench_index(args) -> None:
     import faiss
 
-    from ternary_hf.ann import IndexParams, build_ondisk_index, faiss_threads, load_index, write_shards
+    from ann_scale import PeakRSS, mixture  # the 1M mixture of benchmarks/ann_scale.py (README's scale table)
+
+    from ternary_hf.ann import AnnIndex, IndexParams, build_ondisk_index, faiss_threads, load_index, write_shards
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="ann_ondisk_"))
-    rng = np.random.default_rng(0)
-    dim = 384
-    centers = rng.normal(size=(args.vectors // 100, dim)).astype(np.float32)
+    dim, noise = 384, 0.8 / np.sqrt(384)
+    centers = np.random.default_rng(0).standard_normal((args.vectors // 100, dim), dtype=np.float32) / np.sqrt(dim)
     per = args.vectors // args.shards
-
-    def chunks():
-        for s in range(args.shards):
-            for start in range(0, per, 50_000):
-                n = min(50_000, per - start)
-                yield [str(s * per + start + i) for i in range(n)], mixture(n, dim, centers, rng)
-
     t0 = time.perf_counter()
-    shards = write_shards(chunks(), work / "shards", rows_per_shard=per, metadata={"model_id": "synthetic"})
+    shards = write_shards(
+        (([str(s * per + i) for i in range(per)], mixture(per, dim, centers, noise, seed=1 + s)) for s in range(args.shards)),
+        work / "shards", rows_per_shard=per, metadata={"model_id": "synthetic"})
     gen_s = time.perf_counter() - t0
-    queries = mixture(args.queries, dim, centers, np.random.default_rng(1))
+    queries = mixture(args.queries, dim, centers, noise, seed=10_000)
     # exact top-10, one shard at a time (never the whole float matrix in memory)
     t0 = time.perf_counter()
     best_s = np.full((len(queries), 10), -np.inf, np.float32)
@@ -225,53 +209,57 @@ def bench_index(args) -> None:
     with faiss_threads(args.threads):
         for _, emb in shards.iter_shards():
             scores, idx = faiss.knn(queries, emb, 10, metric=faiss.METRIC_INNER_PRODUCT)
-            all_s = np.concatenate([best_s, scores], 1)
-            all_i = np.concatenate([best_i, idx + offset], 1)
+            all_s, all_i = np.concatenate([best_s, scores], 1), np.concatenate([best_i, idx + offset], 1)
             order = np.argsort(-all_s, axis=1)[:, :10]
             best_s, best_i = np.take_along_axis(all_s, order, 1), np.take_along_axis(all_i, order, 1)
             offset += len(emb)
     exact_s = time.perf_counter() - t0
-    base_rss = rss()
-    peak = [base_rss]
-    stop = threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], rss())
-            stop.wait(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    params = IndexParams(nlist=args.nlist, pq_m=48, train_size=args.train_size, nprobe=16)
-    t0 = time.perf_counter()
-    with faiss_threads(args.threads):
-        index = build_ondisk_index(shards, work / "index", "ivf-pq", params=params, verify=False)
-    build_s = time.perf_counter() - t0
-    stop.set()
-    sampler.join()
-    meta = json.loads((work / "index" / "index.json").read_text())
-    disk = sum(f.stat().st_size for f in (work / "index").iterdir())
-    float_bytes = args.vectors * dim * 4
-    print(f"{args.vectors:,} vectors x {dim} in {args.shards} shards ({gen_s:.0f} s to generate and write); "
-          f"IVF-PQ nlist {meta['params']['nlist']}, pq_m 48, trained on {meta['train_vectors']:,} sampled vectors; "
-          f"{args.threads} FAISS thread(s); load avg {load()}\n")
-    print("| build s (train / total) | peak extra RSS | float vectors | index on disk | exact search s (shard by shard) |")
-    print("|---|---|---|---|---|")
-    print(f"| {meta['train_seconds']:.0f} / {build_s:.0f} | {(peak[0] - base_rss) / 2**20:,.0f} MiB | "
-          f"{float_bytes / 2**20:,.0f} MiB | {disk / 2**20:,.0f} MiB | {exact_s:.0f} |\n")
-    index = load_index(work / "index")
     truth = [set(row) for row in best_i.tolist()]
-    print("| nprobe | queries/s | recall@10 vs exact |")
-    print("|---|---|---|")
+    print(f"{args.vectors:,} vectors x {dim} (ann_scale.py mixture: {len(centers):,} centres, noise 0.8) in "
+          f"{args.shards} shard files ({gen_s:.0f} s to generate and write; {shards.count * dim * 4 / 2**20:,.0f} MiB "
+          f"of float32); {args.queries} queries, exact top-10 shard by shard in {exact_s:.0f} s; {args.threads} FAISS "
+          f"thread(s); IVF-PQ nlist {args.nlist}, pq_m 48 x 8 bits, trained on {args.train_size:,} sampled vectors\n")
+    params = IndexParams(nlist=args.nlist, pq_m=48, train_size=args.train_size, nprobe=16)
+    builds = []
     with faiss_threads(args.threads):
-        for nprobe in (8, 16, 32, 64):
-            index.set_search_params(nprobe=nprobe)
-            index.search_embeddings(queries[:50], 10)  # warm the page cache for these lists
+        start_load = load()
+        with PeakRSS() as mem:
             t0 = time.perf_counter()
-            hits, _ = index.search_embeddings(queries, 10)
-            qps = len(queries) / (time.perf_counter() - t0)
-            recall = np.mean([len({int(h) for h in row} & t) / 10 for row, t in zip(hits, truth)])
-            print(f"| {nprobe} | {qps:,.0f} | {recall:.3f} |")
+            build_ondisk_index(shards, work / "index", "ivf-pq", params=params, verify=False)
+            ondisk_s = time.perf_counter() - t0
+        meta = json.loads((work / "index" / "index.json").read_text())
+        disk = sum(f.stat().st_size for f in (work / "index").iterdir())
+        builds.append(("on disk: merge_ondisk of {} shard indexes".format(args.shards), load_index(work / "index"),
+                       meta["train_seconds"], ondisk_s, mem.extra, disk, start_load, load()))
+        if args.in_memory:
+            start_load = load()
+            with PeakRSS() as mem:
+                t0 = time.perf_counter()
+                ids, parts = zip(*shards.iter_shards())
+                vectors = np.concatenate(parts)
+                del parts
+                memory = AnnIndex.from_embeddings(vectors, sum(ids, []), "ivf-pq", params=IndexParams(**vars(params)))
+                del vectors
+                mem_s = time.perf_counter() - t0
+            builds.append(("in memory: one IndexIVFPQ (all vectors loaded)", memory, None, mem_s, mem.extra,
+                           memory.nbytes(), start_load, load()))
+    print("| build | train s | total s | peak extra RSS | index bytes | load avg before -> after |")
+    print("|---|---|---|---|---|---|")
+    for name, _, train_s, total_s, extra, size, before, after in builds:
+        print(f"| {name} | {'' if train_s is None else f'{train_s:.0f}'} | {total_s:.0f} | {extra / 2**20:,.0f} MiB | "
+              f"{size / 2**20:,.0f} MiB | {before} -> {after} |")
+    print("\n| build | nprobe | queries/s | recall@10 vs exact |")
+    print("|---|---|---|---|")
+    with faiss_threads(args.threads):
+        for name, index, *_ in builds:
+            for nprobe in (8, 16, 64):
+                index.set_search_params(nprobe=nprobe)
+                index.search_embeddings(queries[:50], 10)  # warm the page cache for these lists
+                t0 = time.perf_counter()
+                hits, _ = index.search_embeddings(queries, 10)
+                rate = len(queries) / (time.perf_counter() - t0)
+                recall = np.mean([len({int(h) for h in row} & t) / 10 for row, t in zip(hits, truth)])
+                print(f"| {name.split(':')[0]} | {nprobe} | {rate:,.0f} | {recall:.3f} |", flush=True)
     if not args.workdir:
         shutil.rmtree(work)
 
@@ -294,6 +282,8 @@ def main() -> None:
     i.add_argument("--queries", type=int, default=1000)
     i.add_argument("--threads", type=int, default=1)
     i.add_argument("--workdir", default=None, help="keep the shards and index here")
+    i.add_argument("--no-in-memory", dest="in_memory", action="store_false",
+                   help="skip the in-memory IndexIVFPQ built from the same vectors for comparison")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # Ray starts its workers at nice 15 (RayConfig worker_niceness) so that its own daemons stay responsive; on a

@@ -128,6 +128,15 @@ def test_ray_reads_every_format_from_a_folder(cluster, tiny_model, tmp_path):
         want += [encode_texts(model, [t for _, t in pairs[s : s + 64]]) for s in range(0, len(pairs), 64)]
     assert ids == want_ids and ids[0] == "j0" and ids[-1] == "d.txt:89"
     np.testing.assert_allclose(emb, np.concatenate(want), rtol=0, atol=1e-6)
+    # a user's own Ray Dataset with id/text columns goes through the same actors
+    rows = [{"id": f"r{i}", "text": t} for i, t in enumerate(texts(100))]
+    from_ds = encode_with_ray(ray.data.from_items(rows), tiny_model, tmp_path / "ds", chunk_size=50,
+                              show_progress_bar=False)
+    ids, emb = read_all(from_ds)
+    assert ids == [r["id"] for r in rows]
+    np.testing.assert_allclose(emb, encode_texts(model, [r["text"] for r in rows]), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="no id column"):
+        encode_with_ray(ray.data.from_items([{"text": "x"}]), tiny_model, tmp_path / "bad", show_progress_bar=False)
 
 
 def test_cli_build_ray_ondisk_index_against_exact(cluster, tiny_model, tmp_path, capsys):
