@@ -99,11 +99,11 @@ class ShardWriter:
         self.shards: list[dict[str, Any]] = []
         self._writer = None
         self._rows_in_shard = 0
+        self._pending: list[tuple[Sequence[str], np.ndarray]] = []
+        self._pending_rows = 0
         self._started = time.perf_counter()
 
     def add(self, ids: Sequence[str], embeddings: np.ndarray) -> None:
-        import pyarrow as pa
-
         emb = np.ascontiguousarray(embeddings, dtype=np.float32)
         if emb.ndim != 2 or len(emb) != len(ids):
             raise ValueError(f"{len(ids)} ids but embeddings of shape {emb.shape}")
@@ -115,18 +115,32 @@ class ShardWriter:
         while start < len(emb):
             if self._writer is None:
                 self._open_shard()
-            take = min(len(emb) - start, self.rows_per_shard - self._rows_in_shard)
-            table = pa.Table.from_arrays(
-                [pa.array([str(i) for i in ids[start : start + take]], pa.string()),
-                 embeddings_to_arrow(emb[start : start + take])],
-                schema=_schema(self.dim),
-            )
-            self._writer.write_table(table, row_group_size=ROW_GROUP)
-            self._rows_in_shard += take
+            # row groups of exactly ROW_GROUP rows (or up to the shard's end), whatever chunks arrive: the same
+            # corpus gives the same bytes, encoded in one process or in Ray blocks of any size
+            take = min(len(emb) - start, self.rows_per_shard - self._rows_in_shard - self._pending_rows,
+                       ROW_GROUP - self._pending_rows)
+            self._pending.append((ids[start : start + take], emb[start : start + take]))
+            self._pending_rows += take
             self.count += take
             start += take
+            if self._pending_rows == ROW_GROUP or self._rows_in_shard + self._pending_rows == self.rows_per_shard:
+                self._flush()
             if self._rows_in_shard == self.rows_per_shard:
                 self._close_shard()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        if not self._pending:
+            return
+        ids = [str(i) for part, _ in self._pending for i in part]
+        table = pa.Table.from_arrays(
+            [pa.array(ids, pa.string()), embeddings_to_arrow(np.concatenate([e for _, e in self._pending]))],
+            schema=_schema(self.dim),
+        )
+        self._writer.write_table(table, row_group_size=ROW_GROUP)
+        self._rows_in_shard += len(ids)
+        self._pending, self._pending_rows = [], 0
 
     def _open_shard(self) -> None:
         import pyarrow.parquet as pq
@@ -147,6 +161,7 @@ class ShardWriter:
     def close(self) -> dict[str, Any]:
         """Finish the last shard and write ``manifest.json``; returns the manifest."""
         if self._writer is not None:
+            self._flush()
             self._close_shard()
         if not self.count:
             raise ValueError("the corpus is empty: nothing to encode")
