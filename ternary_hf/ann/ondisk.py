@@ -67,19 +67,19 @@ class IdStore(Sequence[str]):
     """Corpus ids kept on disk: ``ids[i]`` reads one id from a memory map (10M ids cost no Python objects)."""
 
     def __init__(self, folder: Path):
-        self._blob = np.load(folder / "ids.offsets.npy", mmap_mode="r")
+        self._offsets = np.load(folder / "ids.offsets.npy", mmap_mode="r")
         size = (folder / "ids.bin").stat().st_size
         self._data = np.memmap(folder / "ids.bin", dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
 
     def __len__(self) -> int:
-        return len(self._blob) - 1
+        return len(self._offsets) - 1
 
     def __getitem__(self, i):  # type: ignore[override]
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
         if i < 0:
             i += len(self)
-        return self._data[int(self._blob[i]) : int(self._blob[i + 1])].tobytes().decode("utf-8")
+        return self._data[int(self._offsets[i]) : int(self._offsets[i + 1])].tobytes().decode("utf-8")
 
 
 class _IdWriter:
