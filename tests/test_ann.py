@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,9 +23,9 @@ from ternary_hf.ann import (
     read_corpus,
     search_sharded,
 )
+from ann_helpers import write_tiny_model
 from ternary_hf.data import RetrievalTask
 
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def clustered(n_corpus: int, n_queries: int, dim: int, n_clusters: int, noise: float = 0.35, seed: int = 0):
@@ -55,17 +54,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory, minilm_path):
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny_ann")
-    config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                        vocab_size=30522, max_position_embeddings=128, initializer_range=0.2)
-    BertModel(config).eval().save_pretrained(path)
-    for name in TOKENIZER_FILES:
-        if (Path(minilm_path) / name).is_file():
-            shutil.copy(Path(minilm_path) / name, path / name)
-    return str(path)
+    return write_tiny_model(tmp_path_factory.mktemp("tiny_ann"), minilm_path)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +17,13 @@ import torch
 
 ray = pytest.importorskip("ray")
 
+from ann_helpers import write_tiny_model  # noqa: E402
+
 from ternary_hf.ann import AnnIndex, EmbeddingShards, encode_to_shards, encode_with_ray, load_index  # noqa: E402
 from ternary_hf.ann.encode import encode_texts, read_corpus  # noqa: E402
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS)
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +48,7 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory, minilm_path):
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny_ray")
-    config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                        vocab_size=30522, max_position_embeddings=128, initializer_range=0.2)
-    BertModel(config).eval().save_pretrained(path)
-    for name in TOKENIZER_FILES:
-        shutil.copy(Path(minilm_path) / name, path / name)
-    return str(path)
+    return write_tiny_model(tmp_path_factory.mktemp("tiny_ray"), minilm_path)
 
 
 def texts(n: int, offset: int = 0) -> list[str]:
