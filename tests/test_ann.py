@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -349,3 +350,303 @@ def test_ann_cli_build_search_eval(tiny_model_dir, tmp_path, capsys):
     # 50 documents cannot train 256 PQ centroids: a clear error, not a FAISS assertion
     assert main(["eval", tiny_model_dir, "--index", "ivf-pq", "--retrieval", *task_files]) == 2
     assert "needs >= 256 corpus vectors" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- model fingerprint (issue 19)
+def _copy_model(src, dst):
+    shutil.copytree(src, dst)
+    return str(dst)
+
+
+def test_fingerprint_covers_weights_config_tokenizer_not_docs(tiny_model_dir, tmp_path):
+    from ternary_hf.ann import model_fingerprint
+
+    model = _copy_model(tiny_model_dir, tmp_path / "m")
+    base = model_fingerprint(model)
+    assert {"config.json", "model.safetensors", "tokenizer.json", "vocab.txt"} <= set(base.files)
+    assert model_fingerprint(model).digest == base.digest  # stable
+    (tmp_path / "m" / "README.md").write_text("a new model card")
+    (tmp_path / "m" / "ternary_report.json").write_text("{}")
+    (tmp_path / "m" / "checkpoint-3").mkdir()
+    (tmp_path / "m" / "checkpoint-3" / "model.safetensors").write_bytes(b"x")
+    assert model_fingerprint(model).digest == base.digest  # documents, reports, checkpoints do not count
+    assert model_fingerprint(model, variant="ternary-ptq").digest != base.digest  # loaded differently
+    for name in ("config.json", "tokenizer.json", "model.safetensors"):
+        path = tmp_path / "m" / name
+        original = path.read_bytes()
+        path.write_bytes(original + b" ")
+        changed = model_fingerprint(model)
+        assert changed.digest != base.digest and f"changed: {name}" in base.differences(changed)
+        path.write_bytes(original)
+    assert model_fingerprint(model).digest == base.digest
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="no model weights"):
+        model_fingerprint(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="not a local folder"):
+        model_fingerprint(tmp_path / "nowhere")
+
+
+def test_index_refuses_queries_from_changed_model(tiny_model_dir, tmp_path):
+    from ternary_hf.ann import ModelMismatchError
+    from ternary_hf.evaluation import load_model
+
+    model_dir = _copy_model(tiny_model_dir, tmp_path / "m")
+    model = load_model(model_dir).model
+    texts = [f"document number {i}" for i in range(40)]
+    index = build_index(model, texts, "flat", model_id=model_dir, show_progress_bar=False)
+    assert index.model_fingerprint is not None  # taken from the folder the model was loaded from
+    index.save(tmp_path / "i.tann")
+    loaded = AnnIndex.load(tmp_path / "i.tann")
+    assert loaded.model_fingerprint == index.model_fingerprint
+    assert loaded.search(texts[:2], 1, model=model)[0] == [["0"], ["1"]]
+    loaded.check_model(model_dir)  # same files: fine
+    # the same path, other files behind it (a re-run of distill, say): refused with the file that changed
+    other = load_model(tiny_model_dir).model
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.5)
+    other.save(model_dir)
+    with pytest.raises(ModelMismatchError, match=r"i\.tann was built by model .* \(changed: .*model\.safetensors"):
+        loaded.check_model(model_dir, what=str(tmp_path / "i.tann"))
+    reloaded = load_model(model_dir).model
+    with pytest.raises(ModelMismatchError, match="allow-model-mismatch"):
+        loaded.search(texts[:2], 1, model=reloaded)
+    with pytest.warns(UserWarning, match="allowed by allow_model_mismatch"):
+        loaded.search(texts[:2], 1, model=reloaded, allow_model_mismatch=True)
+
+
+def test_cli_search_refuses_changed_model(tiny_model_dir, tmp_path, capsys):
+    from ternary_hf.commands.ann import main
+
+    model_dir = _copy_model(tiny_model_dir, tmp_path / "m")
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(f"text number {i}" for i in range(30)))
+    out = tmp_path / "i.tann"
+    assert main(["build", model_dir, str(corpus), "--index", "flat", "--out", str(out)]) == 0
+    # --out exists: refused before the model is even loaded; --overwrite replaces it
+    assert main(["build", "/no/such/model", str(corpus), "--index", "flat", "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["build", model_dir, str(corpus), "--index", "flat", "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert main(["build", model_dir, str(corpus), "--index", "flat", "--out", str(out), "--overwrite"]) == 0
+    capsys.readouterr()
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["layer_norm_eps"] = 1e-5
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    assert main(["search", str(out), "text number 3", "--json"]) == 2
+    assert "changed: config.json" in capsys.readouterr().err
+    assert main(["search", str(out), "text number 3", "--json", "--allow-model-mismatch"]) == 0
+    assert json.loads(capsys.readouterr().out)["ids"][0] == "3"
+
+
+# ---------------------------------------------------------------- shards, on-disk IVF, IndexShards, LanceDB (issue 20)
+@pytest.fixture(scope="module")
+def shard_dirs(data, tmp_path_factory):
+    """The 4000 clustered vectors as two shard folders from one (pretend) model, 5 parquet shards in all."""
+    from ternary_hf.ann import ModelFingerprint, write_shards
+
+    corpus, _, ids = data
+    root = tmp_path_factory.mktemp("shards")
+    fp = ModelFingerprint("ab" * 32, {"model.safetensors": "cd" * 32})
+    meta = {"model_id": "pretend/model", "model_fingerprint": fp.to_dict(), "normalized": False}
+    chunks = lambda lo, hi: ((ids[i : min(i + 700, hi)], corpus[i : min(i + 700, hi)]) for i in range(lo, hi, 700))  # noqa: E731
+    a = write_shards(chunks(0, 2500), root / "a", rows_per_shard=1000, metadata=meta)
+    b = write_shards(chunks(2500, 4000), root / "b", rows_per_shard=1000, metadata=meta)
+    return a, b
+
+
+def test_shards_roundtrip_and_damage(shard_dirs, data, tmp_path):
+    from ternary_hf.ann import EmbeddingShards, ShardError
+
+    corpus, _, ids = data
+    a, b = shard_dirs
+    assert [s["rows"] for s in a.manifest["shards"]] == [1000, 1000, 500]
+    got = list(a.iter_shards()) + list(b.iter_shards())
+    assert sum((i for i, _ in got), []) == ids
+    assert np.array_equal(np.concatenate([e for _, e in got]), corpus)  # float32 bit for bit
+    import pyarrow.parquet as pq
+
+    assert pq.read_schema(a.files[0]).field("embedding").type.list_size == 128  # plain parquet for other tools
+    assert a.sample(300, seed=1).shape == (300, 128)
+    broken = tmp_path / "broken"
+    shutil.copytree(a.folder, broken)
+    (broken / "shard-00001.parquet").unlink()
+    with pytest.raises(ShardError, match="lists shard-00001.parquet, which is missing"):
+        EmbeddingShards.open(broken)
+    shutil.copy(a.files[1], broken / "shard-00001.parquet")
+    blob = bytearray((broken / "shard-00002.parquet").read_bytes())
+    blob[100] ^= 0xFF
+    (broken / "shard-00002.parquet").write_bytes(bytes(blob))
+    with pytest.raises(ShardError, match="SHA-256 differs"):
+        EmbeddingShards.open(broken)
+    (broken / "shard-00002.parquet").write_bytes(bytes(blob[:-10]))
+    with pytest.raises(ShardError, match="truncated"):
+        EmbeddingShards.open(broken, verify=False)
+    with pytest.raises(ShardError, match="no manifest.json"):
+        EmbeddingShards.open(tmp_path)
+    with pytest.raises(FileExistsError, match="already exists"):
+        from ternary_hf.ann import write_shards
+
+        write_shards([(ids[:2], corpus[:2])], a.folder)
+
+
+@pytest.mark.parametrize("index_type", ["ivf-flat", "ivf-pq"])
+def test_ondisk_index_from_shards_matches_exact(shard_dirs, data, tmp_path, index_type):
+    from ternary_hf.ann import build_ondisk_index, load_index
+
+    corpus, queries, ids = data
+    out = tmp_path / "idx"
+    built = build_ondisk_index(list(shard_dirs), out, index_type, params=IndexParams(nlist=32, nprobe=8, train_size=2000))
+    assert sorted(p.name for p in out.iterdir()) == ["ids.bin", "ids.offsets.npy", "index.faiss", "index.json", "lists.ivfdata"]
+    moved = tmp_path / "moved"
+    out.rename(moved)  # the lists file is found next to index.faiss, wherever the folder goes
+    index = load_index(moved)
+    assert (index.ntotal, index.dim, index.model_id) == (4000, 128, "pretend/model")
+    assert index.model_fingerprint.digest == shard_dirs[0].fingerprint.digest
+    assert index.ids[0] == "doc0" and index.ids[-1] == "doc3999" and len(index.ids) == 4000
+    exact, exact_scores = AnnIndex.from_embeddings(corpus, ids, "flat").search_embeddings(queries, 10)
+    if index_type == "ivf-flat":
+        index.set_search_params(nprobe=32)  # every list: exact search, through the on-disk lists
+        hits, scores = index.search_embeddings(queries, 10)
+        assert hits == exact and np.allclose(scores, exact_scores, atol=1e-5)
+    hits, _ = load_index(moved).search_embeddings(queries, 10)  # nprobe=8 as built
+    recall = np.mean([len(set(h) & set(t)) / 10 for h, t in zip(hits, exact)])
+    assert recall >= MIN_RECALL[index_type]
+    assert built.params.nlist == 32
+    with pytest.raises(FileExistsError, match="already exists"):
+        build_ondisk_index(list(shard_dirs), moved, index_type)
+    blob = bytearray((moved / "lists.ivfdata").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (moved / "lists.ivfdata").write_bytes(bytes(blob))
+    with pytest.raises(IndexFileError, match="lists.ivfdata: SHA-256 differs"):
+        load_index(moved)
+    (moved / "ids.bin").unlink()
+    with pytest.raises(IndexFileError, match="ids.bin is missing"):
+        load_index(moved)
+    with pytest.raises(ValueError, match="one of ivf-pq, ivf-flat"):
+        build_ondisk_index(list(shard_dirs), tmp_path / "x", "hnsw")
+
+
+def test_shards_of_different_models_are_refused(shard_dirs, data, tmp_path):
+    from ternary_hf.ann import ModelFingerprint, ShardError, build_ondisk_index, export_to_lancedb, write_shards
+
+    corpus, queries, ids = data
+    a, _ = shard_dirs
+    other_fp = ModelFingerprint("ef" * 32, {"model.safetensors": "01" * 32})
+    other = write_shards([(ids[:300], corpus[:300])], tmp_path / "other",
+                         metadata={"model_fingerprint": other_fp.to_dict()})
+    narrow = write_shards([(ids[:300], corpus[:300, :64])], tmp_path / "narrow",
+                          metadata={"model_fingerprint": a.fingerprint.to_dict()})
+    with pytest.raises(ShardError, match=r"encoded by model efefefefefef .*changed: model\.safetensors"):
+        build_ondisk_index([a, other], tmp_path / "idx")
+    with pytest.raises(ShardError, match="64-dimensional embeddings but .* 128-dimensional"):
+        build_ondisk_index([a, narrow], tmp_path / "idx")
+    with pytest.raises(ShardError, match="encoded by model"):
+        export_to_lancedb([a, other], tmp_path / "db")
+    assert not (tmp_path / "idx").exists()
+    # search_sharded (faiss.IndexShards) checks the same
+    x = AnnIndex.from_embeddings(corpus[:100], ids[:100], "flat", model_fingerprint=a.fingerprint)
+    y = AnnIndex.from_embeddings(corpus[100:200], ids[100:200], "flat", model_fingerprint=other_fp)
+    with pytest.raises(ValueError, match="shard 1 was built by model efefefefefef"):
+        search_sharded([x, y], queries, 5)
+    with pytest.raises(ValueError, match="binary"):
+        search_sharded([x, AnnIndex.from_embeddings(corpus[:100], ids[:100], "binary")], queries, 5)
+
+
+def test_search_sharded_mixed_types_and_l2(data):
+    corpus, queries, ids = data
+    shards = [AnnIndex.from_embeddings(corpus[:2000], ids[:2000], "hnsw"),
+              AnnIndex.from_embeddings(corpus[2000:], ids[2000:], "ivf-flat", params=IndexParams(nlist=8, nprobe=8))]
+    hits, _ = search_sharded(shards, queries, 10)
+    exact, _ = AnnIndex.from_embeddings(corpus, ids, "flat").search_embeddings(queries, 10)
+    assert np.mean([len(set(h) & set(t)) / 10 for h, t in zip(hits, exact)]) >= 0.95
+    l2 = [AnnIndex.from_embeddings(corpus[i::2], ids[i::2], "flat", metric="l2") for i in range(2)]
+    hits, scores = search_sharded(l2, queries, 5)
+    want, want_scores = AnnIndex.from_embeddings(corpus, ids, "flat", metric="l2").search_embeddings(queries, 5)
+    assert hits == want and np.allclose(scores, want_scores, rtol=1e-5)
+
+
+def test_lancedb_export_search_matches_exact(shard_dirs, data, tmp_path):
+    pytest.importorskip("lancedb")
+    import lancedb
+
+    from ternary_hf.ann import export_to_lancedb, lancedb_fingerprint
+
+    corpus, queries, ids = data
+    table = export_to_lancedb(list(shard_dirs), tmp_path / "db", "corpus")
+    assert table.count_rows() == 4000
+    reopened = lancedb.connect(str(tmp_path / "db")).open_table("corpus")
+    assert lancedb_fingerprint(reopened).digest == shard_dirs[0].fingerprint.digest
+    exact, _ = AnnIndex.from_embeddings(corpus, ids, "flat").search_embeddings(queries[:20], 10)
+    for q, want in zip(queries[:20], exact):  # no ANN index in LanceDB: exhaustive, so exact
+        got = reopened.search(q).distance_type("cosine").limit(10).to_arrow().column("id").to_pylist()
+        assert got == want
+    with pytest.raises(FileExistsError, match="already exists"):
+        export_to_lancedb(list(shard_dirs), tmp_path / "db", "corpus")
+    assert export_to_lancedb(shard_dirs[0], tmp_path / "db", "corpus", overwrite=True).count_rows() == 2500
+
+
+def test_ray_and_store_missing_name_their_extras(monkeypatch, tmp_path, tiny_model_dir):
+    import builtins
+
+    from ternary_hf.ann import encode_with_ray, export_to_lancedb
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray.") or name == "lancedb":
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    (tmp_path / "c.txt").write_text("a\nb\n")
+    with pytest.raises(ImportError, match=r"ternary-hf\[ray\]"):
+        encode_with_ray(tmp_path / "c.txt", tiny_model_dir, tmp_path / "out")
+    with pytest.raises(ImportError, match=r"ternary-hf\[store\]"):
+        export_to_lancedb(tmp_path, tmp_path / "db")
+
+
+def test_unreachable_ray_address_fails_fast(tmp_path, tiny_model_dir, capsys):
+    import socket
+
+    from ternary_hf.commands.ann import main
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "c.txt").write_text("a\nb\n")
+    rc = main(["encode", tiny_model_dir, str(tmp_path / "c.txt"), "--ray", "--address", f"127.0.0.1:{port}",
+               "--out", str(tmp_path / "out")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"no Ray cluster answers at 127.0.0.1:{port}" in err and "ray start --head" in err
+    assert not (tmp_path / "out").exists()
+    assert main(["encode", tiny_model_dir, str(tmp_path / "c.txt"), "--ray", "--address", "nonsense",
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "not host:port" in capsys.readouterr().err
+
+
+def test_cli_encode_index_export_search_single_process(tiny_model_dir, tmp_path, capsys):
+    from ternary_hf.ann import EmbeddingShards
+    from ternary_hf.commands.ann import main
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("\n".join(json.dumps({"_id": f"d{i}", "text": f"text number {i} of {i % 9}"}) for i in range(600)))
+    shards = tmp_path / "shards"
+    assert main(["encode", tiny_model_dir, str(corpus), "--out", str(shards), "--rows-per-shard", "250"]) == 0
+    assert "600 embeddings of dim 32 in 3 shards" in capsys.readouterr().out
+    opened = EmbeddingShards.open(shards)
+    assert opened.manifest["encoder"]["engine"] == "single-process" and opened.fingerprint is not None
+    assert main(["encode", tiny_model_dir, str(corpus), "--out", str(shards)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["index", str(shards), "--out", str(tmp_path / "idx"), "--index", "ivf-flat", "--nlist", "8",
+                 "--nprobe", "8", "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert main(["search", str(tmp_path / "idx"), "text number 5 of 5", "-k", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ids"][0] == "d5"
+    assert main(["index", str(tmp_path / "missing"), "--out", str(tmp_path / "idx2")]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+    if pytest.importorskip("lancedb"):
+        assert main(["export", str(shards), "--lancedb", str(tmp_path / "db"), "--table", "t"]) == 0
+        assert "600 rows" in capsys.readouterr().out

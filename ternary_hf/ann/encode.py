@@ -9,6 +9,7 @@ consumer keeps (a FAISS index of the chosen type).
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import json
 import os
@@ -18,7 +19,12 @@ from typing import Any, Iterable, Iterator, Mapping
 import numpy as np
 import torch
 
+from ternary_hf.ann.fingerprint import ModelFingerprint, fingerprint_of_model
 from ternary_hf.ann.index import AnnIndex, IndexParams
+
+
+CORPUS_SUFFIXES = (".txt", ".jsonl", ".tsv", ".csv", ".parquet")
+ID_COLUMNS = ("_id", "id", "doc_id", "docid")
 
 
 def read_corpus(source: str | os.PathLike | Mapping[str, str] | Iterable) -> Iterator[tuple[str, str]]:
@@ -26,7 +32,8 @@ def read_corpus(source: str | os.PathLike | Mapping[str, str] | Iterable) -> Ite
 
     Files: ``.txt`` (one document per line; id = line number), ``.jsonl`` (``_id``/``id`` and
     ``text``; BEIR corpus layout, ``title`` prepended), ``.tsv``/``.csv`` (``id``, ``text``
-    columns, or two columns without header names).
+    columns, or two columns without header names), ``.parquet`` (``text`` and an ``_id``/``id``
+    column, ``title`` prepended; read one row group at a time).
     """
     if isinstance(source, Mapping):
         yield from ((str(k), str(v)) for k, v in source.items())
@@ -41,44 +48,98 @@ def read_corpus(source: str | os.PathLike | Mapping[str, str] | Iterable) -> Ite
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"corpus file {path} not found")
-    suffix = path.suffix.lower()
-    with open(path, encoding="utf-8", newline="") as handle:
-        if suffix == ".jsonl":
-            for lineno, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from exc
-                doc_id = row.get("_id", row.get("id", lineno - 1))
-                text = row.get("text")
-                if text is None:
-                    raise ValueError(f"{path}:{lineno}: no 'text' field")
-                title = (row.get("title") or "").strip()
-                yield str(doc_id), f"{title} {text}".strip() if title else str(text)
-        elif suffix in (".tsv", ".csv"):
-            reader = csv.reader(handle, delimiter="\t" if suffix == ".tsv" else ",")
-            header = next(reader, None)
-            if header is None:
-                return
-            lower = [h.strip().lower() for h in header]
-            if "text" in lower:
-                t_col = lower.index("text")
-                i_col = next((lower.index(c) for c in ("_id", "id", "doc_id", "docid") if c in lower), None)
-                rows: Iterable = reader
-            else:  # no header: first column id, second text
-                i_col, t_col = 0, 1
-                rows = itertools.chain([header], reader)
-            for n, row in enumerate(rows):
-                if len(row) <= t_col:
-                    raise ValueError(f"{path}: row {n + 1} has no text column")
-                yield (str(row[i_col]) if i_col is not None else str(n)), row[t_col]
-        else:
-            for lineno, line in enumerate(handle):
-                line = line.rstrip("\n")
-                if line.strip():
-                    yield str(lineno), line
+    with open(path, "rb") as handle:
+        yield from read_corpus_stream(handle, str(path))
+
+
+def read_corpus_stream(handle: Any, name: str, position_prefix: str = "") -> Iterator[tuple[str, str]]:
+    """``(id, text)`` pairs from an open binary file of the format ``name``'s suffix says (see :func:`read_corpus`).
+
+    ``position_prefix`` goes in front of ids made from positions (line / row numbers, when the file has no id),
+    so that several files read together keep their ids apart.
+
+    The one parser of corpus files: single-process encoding reads local files through it, and the Ray pipeline
+    (:mod:`ternary_hf.ann.ray_encode`) reads each file of a corpus through it on a worker, so both assign the same
+    ids to the same lines.
+    """
+    suffix = Path(name).suffix.lower()
+    if suffix == ".parquet":
+        yield from _read_parquet(handle, name, position_prefix)
+        return
+    if suffix not in CORPUS_SUFFIXES:
+        suffix = ".txt"
+    text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
+    if suffix == ".jsonl":
+        for lineno, line in enumerate(text, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{name}:{lineno}: invalid JSON ({exc.msg})") from exc
+            doc_id = row.get("_id", row.get("id", f"{position_prefix}{lineno - 1}"))
+            body = row.get("text")
+            if body is None:
+                raise ValueError(f"{name}:{lineno}: no 'text' field")
+            title = (row.get("title") or "").strip()
+            yield str(doc_id), f"{title} {body}".strip() if title else str(body)
+    elif suffix in (".tsv", ".csv"):
+        reader = csv.reader(text, delimiter="\t" if suffix == ".tsv" else ",")
+        header = next(reader, None)
+        if header is None:
+            return
+        lower = [h.strip().lower() for h in header]
+        if "text" in lower:
+            t_col = lower.index("text")
+            i_col = next((lower.index(c) for c in ID_COLUMNS if c in lower), None)
+            rows: Iterable = reader
+        else:  # no header: first column id, second text
+            i_col, t_col = 0, 1
+            rows = itertools.chain([header], reader)
+        for n, row in enumerate(rows):
+            if len(row) <= t_col:
+                raise ValueError(f"{name}: row {n + 1} has no text column")
+            yield (str(row[i_col]) if i_col is not None else f"{position_prefix}{n}"), row[t_col]
+    else:
+        for lineno, line in enumerate(text):
+            line = line.rstrip("\r\n")
+            if line.strip():
+                yield f"{position_prefix}{lineno}", line
+
+
+def _read_parquet(handle: Any, name: str, position_prefix: str) -> Iterator[tuple[str, str]]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(handle)
+    columns = pf.schema_arrow.names
+    lower = {c.lower(): c for c in columns}
+    if "text" not in lower:
+        raise ValueError(f"{name}: no 'text' column (columns: {', '.join(columns)})")
+    id_col = next((lower[c] for c in ID_COLUMNS if c in lower), None)
+    title_col = lower.get("title")
+    wanted = [c for c in (id_col, lower["text"], title_col) if c]
+    row = 0
+    for batch in pf.iter_batches(columns=wanted, batch_size=8192):
+        data = batch.to_pydict()
+        bodies = data[lower["text"]]
+        ids = data[id_col] if id_col else [f"{position_prefix}{i}" for i in range(row, row + len(bodies))]
+        titles = data[title_col] if title_col else itertools.repeat(None)
+        for doc_id, body, title in zip(ids, bodies, titles):
+            if body is None:
+                raise ValueError(f"{name}: row {row} has no text")
+            title = (title or "").strip()
+            yield str(doc_id), f"{title} {body}".strip() if title else str(body)
+            row += 1
+
+
+def encode_texts(model: Any, texts: list[str], *, batch_size: int = 64, normalize: bool = True) -> np.ndarray:
+    """Encode one chunk of texts: float32 ``(len(texts), dim)``.
+
+    Every corpus encoder (single process, Ray actors) goes through here, so the same chunk gives the same vectors.
+    """
+    with torch.inference_mode():
+        emb = model.encode(texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=normalize)
+    return np.asarray(emb, dtype=np.float32)
 
 
 def encode_chunks(
@@ -104,15 +165,9 @@ def encode_chunks(
             if not chunk:
                 break
             ids = [i for i, _ in chunk]
-            with torch.inference_mode():
-                emb = model.encode(
-                    [t for _, t in chunk],
-                    batch_size=batch_size,
-                    convert_to_numpy=True,
-                    normalize_embeddings=normalize,
-                )
+            emb = encode_texts(model, [t for _, t in chunk], batch_size=batch_size, normalize=normalize)
             bar.update(len(chunk))
-            yield ids, np.asarray(emb, dtype=np.float32)
+            yield ids, emb
     finally:
         bar.close()
 
@@ -151,6 +206,7 @@ def build_index(
     index_type: str = "hnsw",
     *,
     model_id: str | None = None,
+    model_fingerprint: ModelFingerprint | None = None,
     params: IndexParams | None = None,
     chunk_size: int = 8192,
     batch_size: int = 64,
@@ -165,13 +221,16 @@ def build_index(
         index_type: one of :data:`~ternary_hf.ann.index.INDEX_TYPES`.
         total: corpus size if known (sizes IVF lists, progress bar); ``len(corpus)`` when it has one.
         embeddings_path: also write the embeddings to this ``.npy`` file (needs ``total``).
+        model_fingerprint: recorded in the index and checked before queries are encoded; default:
+            the fingerprint of the folder ``model`` was loaded from (none if it has no local folder).
     """
     from ternary_hf.ann.index import _check_type
 
     _check_type(index_type)
     if total is None and hasattr(corpus, "__len__") and not isinstance(corpus, (str, os.PathLike)):
         total = len(corpus)
-    dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else None
+    if model_fingerprint is None:
+        model_fingerprint = fingerprint_of_model(model)
     index: AnnIndex | None = None
     store = None
     row = 0
@@ -181,7 +240,8 @@ def build_index(
     ):
         if index is None:
             dim = emb.shape[1]
-            index = AnnIndex.create(index_type, dim, model_id=model_id, params=params, expected_size=total)
+            index = AnnIndex.create(index_type, dim, model_id=model_id, params=params, expected_size=total,
+                                    model_fingerprint=model_fingerprint)
             if embeddings_path is not None:
                 if total is None:
                     raise ValueError("embeddings_path needs total= (the corpus size) to pre-size the file")

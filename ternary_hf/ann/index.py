@@ -18,16 +18,17 @@ Hamming-nearest candidates are re-scored with the full-precision query against t
 int8 embeddings (``quantize_embeddings(..., "int8")`` with ranges calibrated on the corpus), kept
 next to the index.
 
-File format (``AnnIndex.save``; written to a temp file in the same directory, fsynced, then
-``os.replace``d, so a crash leaves the old file or none): ``b"TERNANN1"``, the sections (FAISS index,
-ids as JSON, optional rescoring matrix as ``.npy``), the metadata JSON (type, dimension, model id,
-metric, parameters, section offsets/lengths/SHA-256), its length (uint64 LE), its SHA-256, and
+File format (``AnnIndex.save``; written through :func:`ternary_hf.fileio.atomic_output_file`, so a
+crash leaves the old file or none): ``b"TERNANN1"``, the sections (FAISS index, ids as JSON, optional
+rescoring matrix as ``.npy``), the metadata JSON (type, dimension, model id and fingerprint, metric,
+parameters, section offsets/lengths/SHA-256), its length (uint64 LE), its SHA-256, and
 ``b"TERNANN1"`` again. :meth:`AnnIndex.load` verifies every checksum and length, so a truncated or
 corrupt file raises :class:`IndexFileError` naming the file and what is wrong.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import io
@@ -35,13 +36,15 @@ import json
 import math
 import os
 import struct
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from ternary_hf.ann.fingerprint import ModelFingerprint, check_fingerprint, fingerprint_of_model
+from ternary_hf.fileio import atomic_output_file
 
 INDEX_TYPES = ("flat", "hnsw", "ivf-flat", "ivf-pq", "binary")
 METRICS = ("cosine", "ip", "l2")
@@ -152,10 +155,11 @@ def _as_matrix(x: np.ndarray, what: str, dim: int | None = None) -> np.ndarray:
 
 @dataclass
 class AnnIndex:
-    """A FAISS index plus everything needed to use it later: corpus ids, model id, dimension.
+    """A FAISS index plus everything needed to use it later: corpus ids, model id and fingerprint, dimension.
 
     Build with :meth:`create` + :meth:`add` (streaming) or :meth:`from_embeddings`; query with
-    :meth:`search`; persist with :meth:`save` / :meth:`load`.
+    :meth:`search`; persist with :meth:`save` / :meth:`load`. ``ids`` is a list, or for an index
+    built from embedding shards (:mod:`ternary_hf.ann.ondisk`) a memory-mapped id store.
     """
 
     index_type: str
@@ -163,8 +167,9 @@ class AnnIndex:
     metric: str = "cosine"
     model_id: str | None = None
     params: IndexParams = field(default_factory=IndexParams)
-    ids: list[str] = field(default_factory=list)
+    ids: Sequence[str] = field(default_factory=list)
     build_seconds: float = 0.0
+    model_fingerprint: ModelFingerprint | None = None
     _index: object = field(default=None, repr=False)
     _pending: list[np.ndarray] = field(default_factory=list, repr=False)
     _pending_ids: list[str] = field(default_factory=list, repr=False)
@@ -183,8 +188,11 @@ class AnnIndex:
         model_id: str | None = None,
         params: IndexParams | None = None,
         expected_size: int | None = None,
+        model_fingerprint: ModelFingerprint | None = None,
     ) -> "AnnIndex":
-        """An empty index; ``expected_size`` (corpus size, if known) sizes nlist and training."""
+        """An empty index; ``expected_size`` (corpus size, if known) sizes nlist and training;
+        ``model_fingerprint`` (:func:`~ternary_hf.ann.fingerprint.model_fingerprint` of the model
+        that encodes the corpus) is checked before text queries are encoded."""
         _check_type(index_type)
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; supported: {', '.join(METRICS)}")
@@ -197,7 +205,7 @@ class AnnIndex:
             pq_m = params.pq_m or default_pq_m(dim)
             if dim % pq_m:
                 raise ValueError(f"pq_m={pq_m} must divide the embedding dimension {dim}")
-        return cls(index_type, dim, metric, model_id, params, _expected=expected_size)
+        return cls(index_type, dim, metric, model_id, params, model_fingerprint=model_fingerprint, _expected=expected_size)
 
     @classmethod
     def from_embeddings(
@@ -408,9 +416,34 @@ class AnnIndex:
         rows = np.arange(len(q))[:, None]
         return scores[rows, order], idx[rows, order]
 
-    def search(self, queries: Sequence[str] | np.ndarray, k: int = 10, model=None, batch_size: int = 64):
+    def check_model(self, model, *, variant: str | None = None, allow_model_mismatch: bool = False,
+                    what: str = "this index") -> None:
+        """Refuse (:class:`~ternary_hf.ann.fingerprint.ModelMismatchError`) a model whose files differ
+        from those of the model that built the index.
+
+        ``model``: a model folder / cached Hub id (fingerprinted with ``variant``, e.g. ``"ternary-ptq"``)
+        or a loaded SentenceTransformer (its source folder's files are compared; how it was loaded is
+        not known, so ``variant`` is not). Nothing is checked when the index records no fingerprint
+        (built from bare embeddings) or the model's files cannot be found.
+        """
+        if self.model_fingerprint is None:
+            return
+        if isinstance(model, (str, os.PathLike)):
+            from ternary_hf.ann.fingerprint import model_fingerprint
+
+            actual, label = model_fingerprint(model, variant=variant), str(model)
+            recorded = self.model_fingerprint
+        else:
+            actual, label = fingerprint_of_model(model), "the given model"
+            recorded = ModelFingerprint(self.model_fingerprint.digest, self.model_fingerprint.files)
+        check_fingerprint(recorded, actual, what=what, model=label, allow_mismatch=allow_model_mismatch)
+
+    def search(self, queries: Sequence[str] | np.ndarray, k: int = 10, model=None, batch_size: int = 64,
+               *, allow_model_mismatch: bool = False):
         """Search with texts (encoded by ``model``, a SentenceTransformer) or with embeddings.
 
+        Before texts are encoded, the model's files are checked against the fingerprint the index
+        recorded (:meth:`check_model`; ``allow_model_mismatch=True`` downgrades a mismatch to a warning).
         Returns ``(ids, scores)``: lists (one per query) of up to ``k`` corpus ids and scores.
         """
         if isinstance(queries, np.ndarray):
@@ -423,6 +456,7 @@ class AnnIndex:
                 f"searching with text needs the model that built the index ({self.model_id or 'unknown'}): "
                 "pass model=SentenceTransformer(...)"
             )
+        self.check_model(model, allow_model_mismatch=allow_model_mismatch)
         emb = model.encode(queries, batch_size=batch_size, convert_to_numpy=True)
         if emb.shape[1] != self.dim:
             raise ValueError(
@@ -456,41 +490,34 @@ class AnnIndex:
         """Atomically write the index to ``path``; returns the file size."""
         if self._index is None or not self.ids:
             raise ValueError("cannot save an empty index")
+        if not isinstance(self.ids, list):
+            raise ValueError("this index lives in a folder built from embedding shards; it is saved when built")
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {
             "format": FORMAT_VERSION,
             "index_type": self.index_type,
             "dim": self.dim,
             "metric": self.metric,
             "model_id": self.model_id,
+            "model_fingerprint": self.model_fingerprint.to_dict() if self.model_fingerprint else None,
             "count": self.ntotal,
             "params": asdict(self.params),
             "ranges": self._ranges.tolist() if self._ranges is not None else None,
             "build_seconds": self.build_seconds,
             "sections": [],
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(MAGIC)
-                offset = len(MAGIC)
-                for name, data in self._sections():
-                    handle.write(data)
-                    meta["sections"].append(
-                        {"name": name, "offset": offset, "length": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-                    )
-                    offset += len(data)
-                meta_bytes = json.dumps(meta).encode("utf-8")
-                handle.write(meta_bytes)
-                handle.write(_TRAILER.pack(len(meta_bytes), hashlib.sha256(meta_bytes).digest(), MAGIC))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_output_file(path) as tmp, open(tmp, "wb") as handle:
+            handle.write(MAGIC)
+            offset = len(MAGIC)
+            for name, data in self._sections():
+                handle.write(data)
+                meta["sections"].append(
+                    {"name": name, "offset": offset, "length": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+                )
+                offset += len(data)
+            meta_bytes = json.dumps(meta).encode("utf-8")
+            handle.write(meta_bytes)
+            handle.write(_TRAILER.pack(len(meta_bytes), hashlib.sha256(meta_bytes).digest(), MAGIC))
         return path.stat().st_size
 
     @classmethod
@@ -499,6 +526,8 @@ class AnnIndex:
         import faiss
 
         path = Path(path)
+        if path.is_dir():
+            raise IndexFileError(f"{path} is a folder (an index built from embedding shards): use ternary_hf.ann.load_index")
         if not path.is_file():
             raise IndexFileError(f"index file {path} does not exist")
         size = path.stat().st_size
@@ -529,7 +558,8 @@ class AnnIndex:
         index_type = meta["index_type"]
         if index_type not in INDEX_TYPES:
             raise IndexFileError(f"{path}: unknown index type {index_type!r} (written by a newer ternary-hf?)")
-        out = cls(index_type, int(meta["dim"]), meta["metric"], meta.get("model_id"), IndexParams.from_dict(meta["params"]))
+        out = cls(index_type, int(meta["dim"]), meta["metric"], meta.get("model_id"), IndexParams.from_dict(meta["params"]),
+                  model_fingerprint=ModelFingerprint.from_dict(meta.get("model_fingerprint")))
         raw = np.frombuffer(data["faiss"], dtype=np.uint8)
         try:
             out._index = faiss.deserialize_index_binary(raw) if index_type == "binary" else faiss.deserialize_index(raw)
@@ -560,25 +590,53 @@ def build_index_from_chunks(
 
 
 def search_sharded(shards: Sequence[AnnIndex], queries: np.ndarray, k: int = 10) -> tuple[list[list[str]], list[list[float]]]:
-    """Search several indexes over disjoint parts of one corpus and merge the top-``k`` by score.
+    """Search several indexes over disjoint parts of one corpus as one ``faiss.IndexShards``.
 
-    The way past one machine's RAM: build one index per corpus shard (each in its own process or
-    machine, e.g. ``ternary-hf ann build`` over a slice of the corpus), search every shard with the
-    same query embeddings, keep the best ``k`` overall. Shards must share dimension and metric.
+    FAISS queries every shard and merges the per-shard top-``k`` (``successive_ids``: shard ``i``'s
+    rows follow shard ``i-1``'s, so a hit maps back to its shard's ids). Shards must share dimension,
+    metric and model fingerprint (:class:`ValueError` otherwise); each keeps its own search parameters
+    (nprobe, efSearch). Binary shards are not supported (their re-scoring is not a FAISS index): build
+    one binary index, or shard an ``ivf-pq`` / ``ivf-flat`` index with :mod:`ternary_hf.ann.ondisk`.
     """
+    import faiss
+
     if not shards:
         raise ValueError("no shards to search")
     first = shards[0]
-    for shard in shards[1:]:
+    for i, shard in enumerate(shards):
         if (shard.dim, shard.metric) != (first.dim, first.metric):
             raise ValueError(
-                f"shards disagree: dim/metric {shard.dim}/{shard.metric} vs {first.dim}/{first.metric}"
+                f"shards disagree: shard {i} has dim/metric {shard.dim}/{shard.metric}, shard 0 {first.dim}/{first.metric}"
             )
-    per_shard = [shard.search_embeddings(queries, k) for shard in shards]
+        if shard.index_type == "binary":
+            raise ValueError(f"shard {i} is a binary index: search_sharded merges float indexes only (see its doc)")
+        if shard._index is None or not shard.ids:
+            raise ValueError(f"shard {i} is empty")
+        fp, fp0 = shard.model_fingerprint, first.model_fingerprint
+        if fp is not None and fp0 is not None and fp.digest != fp0.digest:
+            raise ValueError(
+                f"shards disagree: shard {i} was built by model {fp.short}, shard 0 by model {fp0.short} "
+                f"({fp0.differences(fp)}); their vectors are not comparable"
+            )
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    q = first._prepare(_as_matrix(queries, "query embeddings", first.dim))
+    combined = faiss.IndexShards(first.dim, False, True)  # threaded=False: FAISS' own OpenMP does the work
+    for shard in shards:
+        combined.add_shard(shard._index)
+    starts = np.cumsum([0] + [s.ntotal for s in shards]).tolist()
+    scores, idx = combined.search(q, min(k, starts[-1]))
+    if first.metric == "l2":
+        scores = -scores
     out_ids, out_scores = [], []
-    for q in range(len(per_shard[0][0])):
-        merged = [(s, i) for ids, scores in per_shard for i, s in zip(ids[q], scores[q])]
-        merged.sort(key=lambda t: -t[0])
-        out_ids.append([i for _, i in merged[:k]])
-        out_scores.append([s for s, _ in merged[:k]])
+    for row_idx, row_scores in zip(idx, scores):
+        hits, vals = [], []
+        for label, score in zip(row_idx, row_scores):
+            if label < 0:
+                continue
+            s = bisect.bisect_right(starts, int(label)) - 1
+            hits.append(shards[s].ids[int(label) - starts[s]])
+            vals.append(float(score))
+        out_ids.append(hits)
+        out_scores.append(vals)
     return out_ids, out_scores
