@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from ternary_hf.ann import (
     INDEX_TYPES,
