@@ -28,6 +28,13 @@ from ternary_hf.data import RetrievalTask
 from conftest import write_tiny_wordpiece_bert
 
 
+def main(argv):
+    """`ternary-hf ann ARGV`, in process."""
+    from ternary_hf import cli
+
+    return cli.main(["ann", *argv])
+
+
 def clustered(n_corpus: int, n_queries: int, dim: int, n_clusters: int, noise: float = 0.35, seed: int = 0):
     """Corpus and queries drawn around the same random cluster centres (like real embeddings,
     unlike uniform noise, they have neighbourhoods an ANN index can exploit)."""
@@ -318,11 +325,6 @@ def test_evaluate_ann_matches_exact_evaluator(tiny):
 
 
 def test_ann_cli_build_search_eval(tiny_model_dir, tmp_path, capsys):
-    from ternary_hf import cli
-
-    def main(argv):
-        return cli.main(["ann", *argv])
-
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("\n".join(json.dumps({"_id": f"d{i}", "text": f"text number {i}"}) for i in range(50)))
     out = tmp_path / "idx.tann"
@@ -418,7 +420,6 @@ def test_index_refuses_queries_from_changed_model(tiny_model_dir, tmp_path):
 
 
 def test_cli_search_refuses_changed_model(tiny_model_dir, tmp_path, capsys):
-    from ternary_hf.commands.ann import main
 
     model_dir = _copy_model(tiny_model_dir, tmp_path / "m")
     corpus = tmp_path / "c.txt"
@@ -611,7 +612,6 @@ def test_ray_and_store_missing_name_their_extras(monkeypatch, tmp_path, tiny_mod
 def test_unreachable_ray_address_fails_fast(tmp_path, tiny_model_dir, capsys):
     import socket
 
-    from ternary_hf.commands.ann import main
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -630,7 +630,6 @@ def test_unreachable_ray_address_fails_fast(tmp_path, tiny_model_dir, capsys):
 
 def test_cli_encode_index_export_search_single_process(tiny_model_dir, tmp_path, capsys):
     from ternary_hf.ann import EmbeddingShards
-    from ternary_hf.commands.ann import main
 
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("\n".join(json.dumps({"_id": f"d{i}", "text": f"text number {i} of {i % 9}"}) for i in range(600)))

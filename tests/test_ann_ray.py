@@ -131,7 +131,10 @@ def test_ray_reads_every_format_from_a_folder(cluster, tiny_model, tmp_path):
 
 
 def test_cli_build_ray_ondisk_index_against_exact(cluster, tiny_model, tmp_path, capsys):
-    from ternary_hf.commands.ann import main
+    from ternary_hf import cli
+
+    def main(argv):
+        return cli.main(["ann", *argv])
 
     corpus = tmp_path / "c.jsonl"
     docs = texts(1200)
