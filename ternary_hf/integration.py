@@ -4,6 +4,7 @@ the checkpoint's headers through transformers' own key renaming), packed-shape c
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 from torch import nn
@@ -11,20 +12,17 @@ from transformers.quantizers.quantizers_utils import should_convert_module
 
 from .config import TernaryConfig
 from .layer import TernaryLinear
-from .checkpoint import TensorInfo
+from .checkpoint import CheckpointIndex, TensorInfo
 from .embedding import STORED_CODE_DTYPE, QuantizedEmbedding, check_embedding_layout, make_embedding
 from .ternarize import check_group_size
 
 logger = logging.getLogger(__name__)
 
 
-def index_by_module(model: nn.Module, index: dict[str, TensorInfo]) -> dict[str, dict[str, TensorInfo]]:
-    """Group checkpoint tensors by the *model's* module name: `{module: {"weight": info, "weight_scale": info}}`.
-
-    Checkpoint keys are mapped to model keys with transformers' own renaming rules (legacy layouts such as
-    ViT's `attention.attention.query` -> `attention.q_proj`, and the base-model prefix being present in the
-    checkpoint but not the model or the reverse), so the selection matches what the loader will do.
-    """
+def checkpoint_to_model_names(model: nn.Module):
+    """A function mapping a checkpoint module name to the *model's* module name, with transformers' own renaming
+    rules (legacy layouts such as ViT's `attention.attention.query` -> `attention.q_proj`, and the base-model
+    prefix being present in the checkpoint but not the model or the reverse)."""
     from transformers.conversion_mapping import get_model_conversion_mapping
     from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
 
@@ -33,14 +31,24 @@ def index_by_module(model: nn.Module, index: dict[str, TensorInfo]) -> dict[str,
     converters = [m for m in mapping if isinstance(m, WeightConverter)]
     meta_state = model.state_dict()
     prefix = getattr(model, "base_model_prefix", "") or ""
+
+    def rename(ckpt_module: str) -> str:
+        # Rename through the `.weight` key: that is the name the model's state dict knows.
+        renamed, _ = rename_source_key(ckpt_module + ".weight", renamings, converters, prefix, meta_state)
+        return renamed[: -len(".weight")]
+
+    return rename
+
+
+def index_by_module(model: nn.Module, index: dict[str, TensorInfo], rename=None) -> dict[str, dict[str, TensorInfo]]:
+    """Group checkpoint tensors by the *model's* module name: `{module: {"weight": info, "weight_scale": info}}`,
+    so the selection matches what the loader will do (see `checkpoint_to_model_names`)."""
+    rename = rename or checkpoint_to_model_names(model)
     by_module: dict[str, dict[str, TensorInfo]] = {}
     for key, info in index.items():
         for suffix in ("weight", "weight_scale"):
             if key.endswith("." + suffix):
-                # Rename through the `.weight` key: that is the name the model's state dict knows.
-                ckpt_module = key[: -len(suffix) - 1]
-                renamed, _ = rename_source_key(ckpt_module + ".weight", renamings, converters, prefix, meta_state)
-                by_module.setdefault(renamed[: -len(".weight")], {})[suffix] = info
+                by_module.setdefault(rename(key[: -len(suffix) - 1]), {})[suffix] = info
     return by_module
 
 
@@ -206,6 +214,21 @@ def check_packed_shapes(model: nn.Module, by_module: dict[str, dict[str, TensorI
                     f"Packed checkpoint tensor '{name}.{suffix}' in {info.file} has shape {info.shape}, but the "
                     f"model config implies {tuple(shape)} ({layer.extra_repr()}); the checkpoint and its "
                     "config.json disagree."
+                )
+
+
+def check_recorded_layers(model: nn.Module, index: CheckpointIndex, by_module: dict[str, dict[str, TensorInfo]],
+                          files) -> None:
+    """Every layer and table the checkpoint's metadata says it stores packed must have its tensors: a packed
+    weight that is missing (or renamed) would otherwise leave a randomly initialised float layer."""
+    rename = checkpoint_to_model_names(model)
+    for name in [*index.layer_shapes, *index.embedding_tables]:
+        for suffix in ("weight", "weight_scale"):
+            if suffix not in by_module.get(rename(name), {}):
+                raise ValueError(
+                    f"Packed checkpoint {', '.join(os.fspath(f) for f in files)} lacks tensor '{name}.{suffix}' of "
+                    f"the packed layer '{name}' its metadata lists: the file was edited (a tensor renamed or "
+                    "deleted) or is incomplete. Re-download the model or save it again."
                 )
 
 

@@ -15,10 +15,11 @@ from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_
 from transformers.quantizers.quantizers_utils import get_module_from_name
 
 from . import __version__
-from .checkpoint import HINT_KEY, METADATA_KEY, read_checkpoint_index
+from .checkpoint import HINT_KEY, METADATA_KEY, integrity_record, read_checkpoint_index, verify_checkpoint
 from .config import LOADER_HINT, QUANT_METHOD, TernaryConfig
 from .integration import (
     check_packed_shapes,
+    check_recorded_layers,
     dequantize_modules,
     index_by_module,
     replace_embedding_modules,
@@ -66,7 +67,12 @@ class TernaryHfQuantizer(HfQuantizer):
 
     def _process_model_before_weight_loading(self, model, dtype=None, checkpoint_files=None, **kwargs):
         # No files (a `state_dict=` load): convert every Linear not excluded.
-        by_module = index_by_module(model, read_checkpoint_index(checkpoint_files).tensors) if checkpoint_files else None
+        index = read_checkpoint_index(checkpoint_files) if checkpoint_files else None
+        if self.pre_quantized and checkpoint_files:
+            verify_checkpoint(checkpoint_files)  # hashes, codes, scales: before any tensor is read
+        by_module = index_by_module(model, index.tensors) if index is not None else None
+        if self.pre_quantized and by_module is not None:
+            check_recorded_layers(model, index, by_module, checkpoint_files)
         config = self.quantization_config
         names = select_linear_modules(model, config, by_module, pre_quantized=self.pre_quantized)
         if not names:
@@ -141,10 +147,14 @@ class TernaryHfQuantizer(HfQuantizer):
             if entry["dtype"] != "int4":
                 del entry["group_size"]
         state[HINT_KEY] = torch.zeros(0, dtype=torch.uint8)
-        metadata = {
-            METADATA_KEY: json.dumps({"version": __version__, "shapes": shapes, "embeddings": embeddings}),
-            "ternary_hf_loader_hint": LOADER_HINT,
-        }
+        record = {"version": __version__, "shapes": shapes, "embeddings": embeddings}
+        if not getattr(model, "_hf_peft_config_loaded", False):  # with adapters only their weights are saved
+            codes = [f"{name}.weight" for name in shapes]
+            codes += [f"{name}.weight" for name, entry in embeddings.items() if entry["dtype"] == "ternary"]
+            integrity = integrity_record(*_as_saved(model, state, codes))
+            if integrity is not None:
+                record["integrity"] = integrity
+        metadata = {METADATA_KEY: json.dumps(record), "ternary_hf_loader_hint": LOADER_HINT}
         return state, metadata
 
     def _dequantize(self, model, dtype=None):
@@ -161,6 +171,20 @@ class TernaryHfQuantizer(HfQuantizer):
     @property
     def is_qat_trainable(self) -> bool:
         return self.quantization_config.mode == "qat"
+
+
+def _as_saved(model, state: dict[str, torch.Tensor], codes: list[str]):
+    """`(tensors by saved name, saved names of `codes`, {state name: saved name} where they differ)`: what
+    `save_pretrained` writes after dropping ignored and tied keys and reverting load-time renamings (e.g. ViT's
+    `q_proj` back to `attention.query`), so the content hashes are recorded under the names in the file."""
+    from transformers.core_model_loading import revert_weight_conversion
+    from transformers.modeling_utils import remove_tied_weights_from_state_dict
+
+    kept = {k: v for k, v in state.items() if k not in set(model._keys_to_ignore_on_save or ())}
+    saved = revert_weight_conversion(model, remove_tied_weights_from_state_dict(kept, model))
+    saved_name = {id(t): name for name, t in saved.items()}
+    aliases = {k: saved_name[id(t)] for k, t in kept.items() if saved_name.get(id(t), k) != k}
+    return saved, [aliases.get(name, name) for name in codes if name in kept], aliases
 
 
 def register() -> None:
