@@ -39,6 +39,7 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import get_token, validate_repo_id
 
 from .checkpoint import CheckpointError, CheckpointInfo, inspect_checkpoint  # noqa: F401  (re-exported)
+from .fileio import staged_directory
 
 logger = logging.getLogger(__name__)
 
@@ -410,33 +411,34 @@ def save_for_push(model: Any, save_dir: str | os.PathLike, processor: Any = None
     """
     from .integration import is_ternary_model
 
-    save_dir = Path(save_dir)
     if _is_sentence_transformer(model):
         if not is_ternary_model(model):
             raise CheckpointError("This SentenceTransformer has no ternary layer; load it with "
                                   "model_kwargs={'quantization_config': ternary_hf.TernaryConfig()} first.")
-        model.save(str(save_dir), create_model_card=False)
-        return save_dir
+        with staged_directory(save_dir) as stage:  # a failure half-way leaves `save_dir` as it was
+            model.save(str(stage), create_model_card=False)
+        return Path(save_dir)
     if not hasattr(model, "save_pretrained"):
         raise TypeError(f"push_to_hub needs a transformers PreTrainedModel or a SentenceTransformer, got "
                         f"{type(model).__name__}; for a saved folder use push_checkpoint(local_dir, repo_id).")
     if not is_ternary_model(model):
         raise CheckpointError(f"{type(model).__name__} has no ternary layer; load it with "
                               "quantization_config=ternary_hf.TernaryConfig() first.")
-    model.save_pretrained(str(save_dir), max_shard_size=max_shard_size)
-    if processor is not None:
-        processor.save_pretrained(str(save_dir))
-    else:
+    with staged_directory(save_dir) as stage:
+        model.save_pretrained(str(stage), max_shard_size=max_shard_size)
+        if processor is not None:
+            processor.save_pretrained(str(stage))
+            return Path(save_dir)
         source = _source_dir(model)
         copied = []
         for name in PREPROCESSING_FILES if source is not None else ():
-            if (source / name).is_file() and not (save_dir / name).exists():
-                shutil.copyfile(source / name, save_dir / name)
+            if (source / name).is_file() and not (stage / name).exists():
+                shutil.copyfile(source / name, stage / name)
                 copied.append(name)
-        if not copied:
-            logger.warning("No tokenizer / processor files found for %s; pass processor=... to push_to_hub to "
-                           "upload them.", type(model).__name__)
-    return save_dir
+    if not copied:
+        logger.warning("No tokenizer / processor files found for %s; pass processor=... to push_to_hub to "
+                       "upload them.", type(model).__name__)
+    return Path(save_dir)
 
 
 def push_to_hub(

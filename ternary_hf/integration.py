@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 import torch
 from torch import nn
@@ -86,6 +87,29 @@ def _select(model, config, by_module, pre_quantized, module_type, stored_dtype) 
                 continue
         selected.append(name)
     return selected
+
+
+def check_modules_to_not_convert(model: nn.Module, config: TernaryConfig) -> None:
+    """Every `modules_to_not_convert` entry must match a module (with transformers' matching rules): a typo would
+    otherwise ternarize the layer the user meant to keep. Raises naming the entry and the closest module names."""
+    import difflib
+
+    names = [name for name, _ in model.named_modules() if name]
+    for entry in config.modules_to_not_convert or []:
+        try:
+            matched = any(not should_convert_module(name, [entry]) for name in names)
+        except re.error as exc:
+            raise ValueError(f"TernaryConfig.modules_to_not_convert entry {entry!r} is not a valid pattern ({exc}).") \
+                from None
+        if not matched:
+            leaves = sorted({n.rsplit(".", 1)[-1] for n in names} | set(names))
+            close = difflib.get_close_matches(entry, leaves, n=4, cutoff=0.5)
+            hint = f" Close module names: {', '.join(close)}." if close else ""
+            raise ValueError(
+                f"TernaryConfig.modules_to_not_convert entry {entry!r} matches no module of {type(model).__name__}, so "
+                f"it would keep nothing in full precision.{hint} Entries match a module name from its start "
+                "('encoder.layer.0'), as a regex ('encoder.layer.*.output.dense') or as a suffix ('pooler.dense')."
+            )
 
 
 def select_linear_modules(

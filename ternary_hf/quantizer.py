@@ -18,6 +18,7 @@ from . import __version__
 from .checkpoint import HINT_KEY, METADATA_KEY, integrity_record, read_checkpoint_index, verify_checkpoint
 from .config import LOADER_HINT, QUANT_METHOD, TernaryConfig
 from .integration import (
+    check_modules_to_not_convert,
     check_packed_shapes,
     check_recorded_layers,
     dequantize_modules,
@@ -74,6 +75,8 @@ class TernaryHfQuantizer(HfQuantizer):
         if self.pre_quantized and by_module is not None:
             check_recorded_layers(model, index, by_module, checkpoint_files)
         config = self.quantization_config
+        if not self.pre_quantized:  # a packed checkpoint's stored dtypes decide; its entries may name another head
+            check_modules_to_not_convert(model, config)
         names = select_linear_modules(model, config, by_module, pre_quantized=self.pre_quantized)
         if not names:
             where = "stored packed in the checkpoint" if self.pre_quantized else "with weights in the checkpoint"

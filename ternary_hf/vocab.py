@@ -35,6 +35,8 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from .fileio import atomic_write_text, staged_directory
+
 logger = logging.getLogger(__name__)
 
 CONFIG_KEY = "ternary_hf_vocabulary"
@@ -194,20 +196,14 @@ def _pruned_tokenizer_json(spec: dict, kept: list[int]) -> dict:
     return spec
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _save_pruned_tokenizer(tokenizer: Any, spec: dict, out_dir: Path) -> Any:
     """Save `tokenizer` to `out_dir`, then replace its vocabulary files by the pruned ones, and reload."""
     from transformers import AutoTokenizer
 
     tokenizer.save_pretrained(out_dir)
-    _write_atomic(out_dir / "tokenizer.json", json.dumps(spec, ensure_ascii=False))
+    atomic_write_text(out_dir / "tokenizer.json", json.dumps(spec, ensure_ascii=False))
     # A loader that builds the tokenizer from vocab.txt must see the same pruned vocabulary.
-    _write_atomic(out_dir / "vocab.txt", "\n".join(_tokens_in_id_order(spec["model"]["vocab"])) + "\n")
+    atomic_write_text(out_dir / "vocab.txt", "\n".join(_tokens_in_id_order(spec["model"]["vocab"])) + "\n")
     return AutoTokenizer.from_pretrained(out_dir)
 
 
@@ -351,17 +347,16 @@ def prune_vocabulary(
         "coverage": report.coverage,
         "heldout_coverage": heldout,
     }})
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    pruned_tokenizer = _save_pruned_tokenizer(tokenizer, new_spec, out)
-    if st is not None:
-        st[0].processor = pruned_tokenizer
-        st.save(str(out))  # re-saves the (pruned) tokenizer with the model and the other modules
-    else:
-        model.save_pretrained(out)
-    _write_atomic(out / KEPT_IDS_FILE, json.dumps(kept))
-    check_tokenizer_files(out, model.config)
-    check_tokenizer(model, pruned_tokenizer)
+    with staged_directory(out_dir) as out:  # a failure half-way leaves `out_dir` as it was
+        pruned_tokenizer = _save_pruned_tokenizer(tokenizer, new_spec, out)
+        if st is not None:
+            st[0].processor = pruned_tokenizer
+            st.save(str(out))  # re-saves the (pruned) tokenizer with the model and the other modules
+        else:
+            model.save_pretrained(out)
+        atomic_write_text(out / KEPT_IDS_FILE, json.dumps(kept))
+        check_tokenizer_files(out, model.config)
+        check_tokenizer(model, pruned_tokenizer)
     logger.info("Pruned vocabulary: %s", report)
     return report
 

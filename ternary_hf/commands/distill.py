@@ -20,6 +20,7 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from ..config import GRANULARITIES, RULES
@@ -115,8 +116,6 @@ def load_distillation_texts(sources: list[str], max_texts: int | None = None, se
 
             parts.append(datasets.Dataset.from_dict({"text": wikipedia_paragraphs()}))
     if files:
-        from pathlib import Path
-
         parts.append(load_texts([Path(f) for f in files]))
     if not parts:
         raise ValueError("no distillation data: pass --data wordnet and/or text/jsonl/csv files.")
@@ -151,12 +150,75 @@ def _resume_value(value: Any) -> Any:
     return value
 
 
+def check_model_source(source: str | None, flag: str) -> None:
+    """Before any work: `source` must be a saved model folder, or something shaped like a Hub id (and, offline,
+    one in the local cache). Raises `ValueError` saying which and what to pass."""
+    if source is None:
+        return
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir() or not any((path / n).is_file() for n in ("config.json", "modules.json")):
+            raise ValueError(f"{flag} {source} is not a saved model folder (no config.json / modules.json in it); "
+                             "pass the folder written by save_pretrained / model.save, or a Hub id 'org/name'.")
+        return
+    if source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source:
+        raise ValueError(f"{flag} {source}: no such folder. Pass an existing model folder or a Hub id 'org/name'.")
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(source, "config.json"), str):
+            raise ValueError(f"{flag} {source}: no such folder, and with HF_HUB_OFFLINE set the Hub model {source!r} "
+                             "is not in the local cache. Pass an existing model folder, or download it first.")
+
+
+def check_distill_arguments(command_args: DistillCommandArguments, dargs: Any, targs: Any) -> None:
+    """Everything that can be checked before the models and the data are loaded: model sources, data files
+    (file and line of the first bad record), the output folder."""
+    from ..training.data import check_text_files
+
+    check_model_source(command_args.model, "--model")
+    check_model_source(getattr(dargs, "teacher", None), "--teacher")
+    check_text_files([s for s in command_args.data if s not in (WORDNET, WIKIPEDIA)])
+    out = Path(targs.output_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output_dir {out} is an existing file; pass a folder path.")
+
+
+def save_final_model(trainer: Any, output_dir: str) -> None:
+    """Write the final packed model into a temporary folder next to `output_dir`, then move its files into
+    `output_dir` (which also holds the resumable checkpoint-*/ folders, so it cannot be swapped as a whole): a
+    failure while writing (full disk, a bad tensor) leaves the previous files of `output_dir` untouched."""
+    import shutil
+    import tempfile
+
+    from ..fileio import publish_directory
+
+    if not trainer.args.should_save:  # other ranks take part in the collective calls and write nothing
+        trainer.save_model(output_dir)
+        return
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        trainer.save_model(str(stage))
+        # config.json last: until then a reader sees the previous model's config.
+        for entry in sorted(stage.iterdir(), key=lambda p: p.name == "config.json"):
+            publish_directory(entry, out / entry.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def main_from_argv(argv: list[str], prog: str = "ternary-hf distill") -> int:
     command_args, dargs, targs = parse_args(argv, prog)
+    try:
+        check_distill_arguments(command_args, dargs, targs)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
     trainer = build_trainer(command_args, dargs, targs)
     resume = _resume_value(targs.resume_from_checkpoint)
     trainer.train(resume_from_checkpoint=resume or None)
-    trainer.save_model(targs.output_dir)
+    save_final_model(trainer, targs.output_dir)
     if trainer.is_world_process_zero():
         print(f"Saved the packed ternary model to {targs.output_dir} after {trainer.state.global_step} steps "
               f"(latent weights of resumable checkpoints: {targs.output_dir}/checkpoint-*/).")
