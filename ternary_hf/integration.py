@@ -16,6 +16,7 @@ from .layer import TernaryLinear
 from .checkpoint import CheckpointIndex, TensorInfo
 from .embedding import STORED_CODE_DTYPE, QuantizedEmbedding, check_embedding_layout, make_embedding
 from .ternarize import check_group_size
+from .vocab import carry_id_map
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +190,9 @@ def quantize_embeddings(model: nn.Module, kind: str, group_size: int = 64) -> li
         parent = model.get_submodule(parent_name) if parent_name else model
         emb = getattr(parent, child)
         check_embedding_layout(kind, emb.embedding_dim, group_size, name)
-        setattr(parent, child, QuantizedEmbedding.from_embedding(emb, kind, group_size, qconfig.rule))
+        table = QuantizedEmbedding.from_embedding(emb, kind, group_size, qconfig.rule)
+        carry_id_map(emb, table)
+        setattr(parent, child, table)
     qconfig.embedding_dtype, qconfig.embedding_group_size = kind, group_size
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:
@@ -276,6 +279,7 @@ def dequantize_modules(model: nn.Module, dtype: torch.dtype | None = None) -> nn
         new = nn.Embedding(emb.num_embeddings, emb.embedding_dim, emb.padding_idx, device=weight.device,
                            dtype=weight.dtype)
         new.weight.copy_(weight)
+        carry_id_map(emb, new)
         setattr(parent, child, new)
     for name, layer in ternary_modules(model):
         parent_name, _, child = name.rpartition(".")

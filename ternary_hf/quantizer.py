@@ -31,6 +31,7 @@ from .integration import (
 )
 from .embedding import QuantizedEmbedding, quantize_rows
 from .layer import TernaryLinear
+from .vocab import prepare_id_map
 
 
 
@@ -91,6 +92,7 @@ class TernaryHfQuantizer(HfQuantizer):
         replace_linear_modules(model, names, config, dtype)
         if config.mode == "inference":  # in QAT the tables stay trainable; they are stored quantized on save
             replace_embedding_modules(model, embeddings, dtype, config)
+        prepare_id_map(model)  # a pruned vocabulary's id map loads with its table
         ignored = set(model._keys_to_ignore_on_load_unexpected or ())
         model._keys_to_ignore_on_load_unexpected = ignored | {re.escape(HINT_KEY)}
         if self.pre_quantized and by_module is not None:
