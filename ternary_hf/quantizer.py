@@ -151,6 +151,7 @@ class TernaryHfQuantizer(HfQuantizer):
         for entry in embeddings.values():
             if entry["dtype"] != "int4":
                 del entry["group_size"]
+        check_finite_scales(state, [*shapes, *embeddings])
         state[HINT_KEY] = torch.zeros(0, dtype=torch.uint8)
         record = {"version": __version__, "shapes": shapes, "embeddings": embeddings}
         if not getattr(model, "_hf_peft_config_loaded", False):  # with adapters only their weights are saved
@@ -176,6 +177,19 @@ class TernaryHfQuantizer(HfQuantizer):
     @property
     def is_qat_trainable(self) -> bool:
         return self.quantization_config.mode == "qat"
+
+
+def check_finite_scales(state: dict[str, torch.Tensor], modules: list[str]) -> None:
+    """Refuse to save a layer or table whose scale holds NaN / inf (a diverged run): the checkpoint would not load,
+    and the backends disagree on such a layer (the fast path hides what the reference returns as NaN)."""
+    for name in modules:
+        scale = state.get(f"{name}.weight_scale")
+        if scale is not None and scale.device.type != "meta" and not bool(torch.isfinite(scale).all()):
+            raise ValueError(
+                f"'{name}.weight_scale' holds {int((~torch.isfinite(scale)).sum())} non-finite value(s) (NaN or inf), "
+                "e.g. from a diverged training run; nothing was saved. Resume from an earlier checkpoint or lower the "
+                "learning rate."
+            )
 
 
 def _as_saved(model, state: dict[str, torch.Tensor], codes: list[str]):

@@ -269,3 +269,53 @@ def test_random_weight_model_roundtrip_is_bit_identical(tmp_path):
         model.save_pretrained(tmp_path / kind)
         reloaded = AutoModel.from_pretrained(tmp_path / kind, dtype=torch.bfloat16)
         assert torch.equal(reloaded.get_submodule(LAYER).weight, model.get_submodule(LAYER).weight)
+
+
+def test_saving_a_non_finite_scale_is_refused(tiny_bert_dir, tmp_path):
+    model = AutoModel.from_pretrained(tiny_bert_dir, quantization_config=TernaryConfig())
+    model.get_submodule(LAYER).weight_scale[2] = float("nan")
+    with pytest.raises(ValueError, match=rf"'{LAYER}.weight_scale' holds 1 non-finite .* nothing was saved"):
+        model.save_pretrained(tmp_path / "out")
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_truncated_tail_is_refused(packed_dir):
+    f = packed_dir / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-7])
+    with pytest.raises(ValueError, match=r"Cannot read checkpoint file .*model.safetensors.*truncated or corrupt"):
+        _load(packed_dir)
+
+
+def test_kill_9_mid_save_leaves_the_previous_output(tiny_bert_dir, tmp_path):
+    """A process killed (SIGKILL) half-way through writing the weights: the output folder is the previous one."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    AutoModel.from_pretrained(tiny_bert_dir, quantization_config=TernaryConfig()).save_pretrained(out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code = f"""
+import os, signal, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import transformers.modeling_utils as mu
+from safetensors.torch import save_file
+from transformers import AutoModel
+import ternary_hf
+from ternary_hf.hub import save_for_push
+
+def killed_half_way(tensors, filename, metadata=None):
+    save_file(tensors, filename, metadata=metadata)
+    data = open(filename, "rb").read()
+    open(filename, "wb").write(data[: len(data) // 2])
+    os.kill(os.getpid(), signal.SIGKILL)
+
+mu.safe_save_file = killed_half_way
+model = AutoModel.from_pretrained({tiny_bert_dir!r}, quantization_config=ternary_hf.TernaryConfig(embedding_dtype="int8"))
+save_for_push(model, {str(out)!r})
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    _load(out)  # still the complete previous model
