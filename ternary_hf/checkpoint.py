@@ -54,6 +54,8 @@ class CheckpointIndex:
     layer_shapes: dict[str, tuple[int, int]] = field(default_factory=dict)  # ternary layers: [out, in]
     # quantized embedding tables: {module: {"dtype": "int8"|"int4"|"ternary", "shape": [num, dim], ...}}
     embedding_tables: dict[str, dict] = field(default_factory=dict)
+    # the TernaryConfig fields that decide the stored format, as saved with the weights (absent before 0.1 hashes)
+    storage: dict[str, Any] = field(default_factory=dict)
 
 
 def read_checkpoint_index(checkpoint_files) -> CheckpointIndex:
@@ -74,6 +76,7 @@ def read_checkpoint_index(checkpoint_files) -> CheckpointIndex:
                         record = json.loads(meta[METADATA_KEY])
                         index.layer_shapes.update({k: tuple(v) for k, v in record.get("shapes", {}).items()})
                         index.embedding_tables.update(record.get("embeddings", {}))
+                        index.storage.update(record.get("storage", {}))
                     for key in f.keys():
                         sl = f.get_slice(key)
                         index.tensors[key] = TensorInfo(sl.get_dtype(), tuple(sl.get_shape()), path)
@@ -98,6 +101,24 @@ def expected_packed_shapes(
         "weight": (packed_rows(out_features), in_features),
         "weight_scale": scale_shape(out_features, in_features, granularity, group_size),
     }
+
+
+# The TernaryConfig fields that decide how tensors are stored: recorded with the weights, compared with config.json.
+STORAGE_FIELDS = ("granularity", "group_size", "embedding_dtype", "embedding_group_size")
+
+
+def check_config_matches_weights(config: Any, index: CheckpointIndex, files) -> None:
+    """config.json's storage fields must be the ones the weights were saved with (an interrupted in-place write
+    or a hand edit could pair a new config with old weights). `config` is a TernaryConfig or its dict."""
+    get = config.get if isinstance(config, dict) else lambda key: getattr(config, key, None)
+    differ = [f"{key}={get(key)!r} (weights: {index.storage[key]!r})" for key in STORAGE_FIELDS
+              if key in index.storage and get(key) != index.storage[key]]
+    if differ:
+        raise CheckpointIntegrityError(
+            f"config.json's quantization_config disagrees with the weights in {', '.join(map(os.fspath, files))}: "
+            f"{', '.join(differ)}. The folder mixes two saves (e.g. an interrupted write by an older version); "
+            "restore the matching config.json or save the model again."
+        )
 
 
 # --------------------------------------------------------------------------- content integrity
@@ -434,4 +455,8 @@ def inspect_checkpoint(local_dir: str | os.PathLike) -> CheckpointInfo:
         raise CheckpointError(f"{model_dir / 'config.json'}: invalid ternary quantization_config: {exc}") from exc
     files = _weight_files(model_dir)
     layers = _check_packed_tensors(files, qconfig)
+    try:
+        check_config_matches_weights(TernaryConfig.from_dict(dict(qconfig)), read_checkpoint_index(files), files)
+    except CheckpointIntegrityError as exc:
+        raise CheckpointError(str(exc)) from exc
     return CheckpointInfo(root, kind, model_dir, config, qconfig, files, layers, modules)

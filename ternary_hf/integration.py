@@ -151,6 +151,24 @@ def select_embedding_modules(
     return names
 
 
+def check_stored_embeddings(model: nn.Module, config: TernaryConfig, by_module: dict[str, dict[str, TensorInfo]],
+                            files) -> None:
+    """A packed checkpoint whose config declares quantized tables must store them so: every table that saving
+    would have quantized but is stored in another format means config.json and the weights come from two saves."""
+    if config.embedding_dtype == "float":
+        return
+    kind = config.embedding_dtype
+    other = _select(model, config, by_module, False, nn.Embedding, STORED_CODE_DTYPE[kind])
+    if other:
+        stored = by_module[other[0]]["weight"].dtype
+        raise ValueError(
+            f"config.json declares embedding_dtype={kind!r}, but table(s) {', '.join(other)} in "
+            f"{', '.join(os.fspath(f) for f in files)} are stored as {stored}: the config and the weights come from "
+            "two different saves (e.g. an interrupted in-place `ternary-hf quantize` of an older version). Restore "
+            "the matching config.json, or quantize again from the source model."
+        )
+
+
 def replace_embedding_modules(model: nn.Module, names: list[str], dtype: torch.dtype | None,
                               config: TernaryConfig | None = None, kind: str | None = None) -> None:
     """Swap the named `nn.Embedding` modules for empty `QuantizedEmbedding`s (the model is on the meta device)."""

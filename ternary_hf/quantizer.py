@@ -15,12 +15,21 @@ from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_
 from transformers.quantizers.quantizers_utils import get_module_from_name
 
 from . import __version__
-from .checkpoint import HINT_KEY, METADATA_KEY, integrity_record, read_checkpoint_index, verify_checkpoint
+from .checkpoint import (
+    HINT_KEY,
+    METADATA_KEY,
+    STORAGE_FIELDS,
+    check_config_matches_weights,
+    integrity_record,
+    read_checkpoint_index,
+    verify_checkpoint,
+)
 from .config import LOADER_HINT, QUANT_METHOD, TernaryConfig
 from .integration import (
     check_modules_to_not_convert,
     check_packed_shapes,
     check_recorded_layers,
+    check_stored_embeddings,
     dequantize_modules,
     index_by_module,
     replace_embedding_modules,
@@ -74,6 +83,7 @@ class TernaryHfQuantizer(HfQuantizer):
             verify_checkpoint(checkpoint_files)  # hashes, codes, scales: before any tensor is read
         by_module = index_by_module(model, index.tensors) if index is not None else None
         if self.pre_quantized and by_module is not None:
+            check_config_matches_weights(self.quantization_config, index, checkpoint_files)
             check_recorded_layers(model, index, by_module, checkpoint_files)
         config = self.quantization_config
         if not self.pre_quantized:  # a packed checkpoint's stored dtypes decide; its entries may name another head
@@ -89,6 +99,8 @@ class TernaryHfQuantizer(HfQuantizer):
         if self.pre_quantized and config.mode != "inference":
             config.mode = "inference"  # a packed checkpoint can only be loaded packed
         embeddings = select_embedding_modules(model, config, by_module, pre_quantized=self.pre_quantized)
+        if self.pre_quantized and by_module is not None:
+            check_stored_embeddings(model, config, by_module, checkpoint_files)
         replace_linear_modules(model, names, config, dtype)
         if config.mode == "inference":  # in QAT the tables stay trainable; they are stored quantized on save
             replace_embedding_modules(model, embeddings, dtype, config)
@@ -153,7 +165,8 @@ class TernaryHfQuantizer(HfQuantizer):
                 del entry["group_size"]
         check_finite_scales(state, [*shapes, *embeddings])
         state[HINT_KEY] = torch.zeros(0, dtype=torch.uint8)
-        record = {"version": __version__, "shapes": shapes, "embeddings": embeddings}
+        record = {"version": __version__, "shapes": shapes, "embeddings": embeddings,
+                  "storage": {key: getattr(config, key) for key in STORAGE_FIELDS}}
         if not getattr(model, "_hf_peft_config_loaded", False):  # with adapters only their weights are saved
             codes = [f"{name}.weight" for name in shapes]
             codes += [f"{name}.weight" for name, entry in embeddings.items() if entry["dtype"] == "ternary"]

@@ -319,3 +319,41 @@ save_for_push(model, {str(out)!r})
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     _load(out)  # still the complete previous model
+
+
+# ---------------------------------------------------------------- config.json and weights from two saves
+
+
+def _edit_qconfig(folder: Path, **fields) -> None:
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["quantization_config"].update(fields)
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+def test_config_claiming_int8_tables_over_float_weights_is_refused(tiny_bert_dir, tmp_path):
+    """Issue 19: an interrupted in-place quantize left config.json saying int8 over the old float weights; it
+    loaded silently and push --dry-run rendered a card claiming int8."""
+    AutoModel.from_pretrained(tiny_bert_dir, quantization_config=TernaryConfig()).save_pretrained(tmp_path)
+    _edit_qconfig(tmp_path, embedding_dtype="int8")
+    with pytest.raises(ValueError, match=r"embedding_dtype='int8' \(weights: 'float'\)"):
+        _load(tmp_path)
+    with pytest.raises(ValueError, match=r"disagrees with the weights"):
+        inspect_checkpoint(tmp_path)
+
+
+def test_config_mismatch_without_the_storage_record_is_refused(tiny_bert_dir, tmp_path):
+    """Folders written by older versions have no storage record: the loader compares the stored tables."""
+    AutoModel.from_pretrained(tiny_bert_dir, quantization_config=TernaryConfig()).save_pretrained(tmp_path)
+    f = tmp_path / "model.safetensors"
+    meta = _metadata(f)
+    record = json.loads(meta[METADATA_KEY])
+    record.pop("storage")
+    record.pop("integrity")
+    meta[METADATA_KEY] = json.dumps(record)
+    save_file(load_file(f), f, metadata=meta)
+    _edit_qconfig(tmp_path, embedding_dtype="int8")
+    with pytest.raises(ValueError, match=r"declares embedding_dtype='int8', but table\(s\) .*word_embeddings.* are "
+                                         r"stored as F32"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _load(tmp_path)
