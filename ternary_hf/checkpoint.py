@@ -311,6 +311,43 @@ def verify_checkpoint(checkpoint_files) -> bool:
             f.close()
 
 
+def _module_weight_files(folder: Path) -> list[Path]:
+    """safetensors files of a model folder's sub-modules (e.g. a sentence-transformers PCA `2_Dense`)."""
+    return sorted(p for p in Path(folder).glob("*/**/*.safetensors") if not p.name.startswith("."))
+
+
+def seal_module_weights(folder: str | os.PathLike) -> list[Path]:
+    """Record content hashes in the safetensors files of `folder`'s sub-modules (sentence-transformers writes a
+    `Dense` head without them), so that loading and pushing verify those tensors too. Returns the files sealed."""
+    from safetensors.torch import load_file, save_file
+
+    from .fileio import atomic_output_file
+
+    sealed = []
+    for path in _module_weight_files(Path(folder)):
+        header = _SafetensorsFile(str(path))
+        metadata = dict(header.metadata)
+        header.close()
+        if METADATA_KEY in metadata:
+            continue
+        state = load_file(path)
+        metadata[METADATA_KEY] = json.dumps({"integrity": integrity_record(state, [], {})})
+        with atomic_output_file(path) as tmp:
+            save_file(state, tmp, metadata=metadata)
+        sealed.append(path)
+    return sealed
+
+
+def verify_module_weights(folder: str | os.PathLike) -> None:
+    """`verify_checkpoint` on each sub-module weight file of `folder` that carries content hashes."""
+    for path in _module_weight_files(Path(folder)):
+        header = _SafetensorsFile(str(path))
+        sealed = METADATA_KEY in header.metadata
+        header.close()
+        if sealed:
+            verify_checkpoint([path])
+
+
 # --------------------------------------------------------------------------- folder validation
 class CheckpointError(ValueError):
     """The local folder is not an intact ternary checkpoint; raised before anything is uploaded."""
@@ -455,6 +492,10 @@ def inspect_checkpoint(local_dir: str | os.PathLike) -> CheckpointInfo:
         raise CheckpointError(f"{model_dir / 'config.json'}: invalid ternary quantization_config: {exc}") from exc
     files = _weight_files(model_dir)
     layers = _check_packed_tensors(files, qconfig)
+    try:
+        verify_module_weights(root)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from exc
     try:
         check_config_matches_weights(TernaryConfig.from_dict(dict(qconfig)), read_checkpoint_index(files), files)
     except CheckpointIntegrityError as exc:

@@ -76,6 +76,7 @@ def compress(
         pca_corpus: texts for the PCA (default: `prune_corpus`).
         teacher: model whose embeddings define the PCA axes (default: the compressed model itself).
     """
+    from .checkpoint import seal_module_weights
     from .dimension import check_output_dim, reduce_output_dimension
     from .fileio import staged_directory
     from .integration import quantize_embeddings
@@ -100,6 +101,7 @@ def compress(
             report.vocabulary = prune_vocabulary(model, prune_texts, stage, min_count=min_count, eval_texts=eval_texts)
         else:
             model.save(str(stage))
+        seal_module_weights(stage)  # the PCA head's tensors get content hashes like the encoder's
     return report
 
 

@@ -101,8 +101,11 @@ def reduce_output_dimension(
     if out_dir is not None:
         from .fileio import staged_directory
 
+        from .checkpoint import seal_module_weights
+
         with staged_directory(out_dir) as stage:
             model.save(str(stage))
+            seal_module_weights(stage)
     return PcaReport(emb.shape[1], dim, len(texts), explained)
 
 

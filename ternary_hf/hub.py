@@ -38,7 +38,7 @@ from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, Mo
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import get_token, validate_repo_id
 
-from .checkpoint import CheckpointError, CheckpointInfo, inspect_checkpoint  # noqa: F401  (re-exported)
+from .checkpoint import CheckpointError, CheckpointInfo, inspect_checkpoint, seal_module_weights  # noqa: F401
 from .fileio import staged_directory
 
 logger = logging.getLogger(__name__)
@@ -417,6 +417,7 @@ def save_for_push(model: Any, save_dir: str | os.PathLike, processor: Any = None
                                   "model_kwargs={'quantization_config': ternary_hf.TernaryConfig()} first.")
         with staged_directory(save_dir) as stage:  # a failure half-way leaves `save_dir` as it was
             model.save(str(stage), create_model_card=False)
+            seal_module_weights(stage)
         return Path(save_dir)
     if not hasattr(model, "save_pretrained"):
         raise TypeError(f"push_to_hub needs a transformers PreTrainedModel or a SentenceTransformer, got "

@@ -23,6 +23,7 @@ from .checkpoint import (
     integrity_record,
     read_checkpoint_index,
     verify_checkpoint,
+    verify_module_weights,
 )
 from .config import LOADER_HINT, QUANT_METHOD, TernaryConfig
 from .integration import (
@@ -123,6 +124,7 @@ class TernaryHfQuantizer(HfQuantizer):
         # beyond the pruned table (from another tokenizer) are refused at lookup.
         if getattr(self, "checkpoint_dir", None):
             check_tokenizer_files(self.checkpoint_dir, model.config)
+            verify_module_weights(self.checkpoint_dir)  # e.g. a sentence-transformers PCA head next to the weights
         install_vocabulary_guard(model)
         # Packed encoder layers get the fused CPU forward (it steps aside wherever it does not apply).
         install_fused_layers(model)

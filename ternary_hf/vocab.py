@@ -42,6 +42,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from .checkpoint import seal_module_weights
 from .fileio import atomic_write_text, staged_directory
 
 logger = logging.getLogger(__name__)
@@ -356,6 +357,7 @@ def prune_vocabulary(
         else:
             model.save_pretrained(out)
         atomic_write_text(out / KEPT_IDS_FILE, json.dumps(kept))
+        seal_module_weights(out)
         check_tokenizer_files(out, model.config)
         check_tokenizer(model, pruned_tokenizer)
     logger.info("Pruned vocabulary: %s", report)

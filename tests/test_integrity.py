@@ -357,3 +357,32 @@ def test_config_mismatch_without_the_storage_record_is_refused(tiny_bert_dir, tm
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             _load(tmp_path)
+
+
+def test_pca_head_weights_are_verified_too(tmp_path, minilm_path):
+    """Second probing pass: the sentence-transformers PCA `Dense` head is written by sentence-transformers without
+    hashes; compress seals it, and loading / pushing verify it."""
+    import shutil
+
+    from sentence_transformers import SentenceTransformer
+
+    from ternary_hf.compress import compress
+
+    from test_compression import CORPUS, TOKENIZER_FILES, _ternary_st
+
+    torch.manual_seed(0)
+    fp = tmp_path / "fp"
+    BertModel(tiny_bert_config(vocab_size=30522, hidden_size=32)).save_pretrained(fp)
+    for name in TOKENIZER_FILES:
+        if (Path(minilm_path) / name).is_file():
+            shutil.copy(Path(minilm_path) / name, fp / name)
+    out = tmp_path / "small"
+    compress(_ternary_st(str(fp)), out, output_dim=8, pca_corpus=CORPUS)
+    head = next(out.glob("*Dense*/model.safetensors"))
+    assert "integrity" in json.loads(_metadata(head)[METADATA_KEY])
+    SentenceTransformer(str(out), device="cpu")  # intact: loads
+    _poke(head, "linear.weight", 3, 0x55)
+    with pytest.raises(ValueError, match=r"'linear.weight' in .*Dense.*model.safetensors does not match"):
+        SentenceTransformer(str(out), device="cpu")
+    with pytest.raises(ValueError, match="Dense"):
+        inspect_checkpoint(out)
