@@ -190,7 +190,12 @@ class _SafetensorsFile:
 def _record(files: list[_SafetensorsFile]) -> dict:
     for f in files:
         if METADATA_KEY in f.metadata:
-            return json.loads(f.metadata[METADATA_KEY])
+            try:
+                record = json.loads(f.metadata[METADATA_KEY])
+            except ValueError as exc:
+                raise CheckpointIntegrityError(f"{f.path}: the '{METADATA_KEY}' metadata is not valid JSON ({exc}): "
+                                               "the file is corrupt; re-download the model or save it again.") from None
+            return record if isinstance(record, dict) else {}
     return {}
 
 
@@ -312,8 +317,14 @@ def verify_checkpoint(checkpoint_files) -> bool:
 
 
 def _module_weight_files(folder: Path) -> list[Path]:
-    """safetensors files of a model folder's sub-modules (e.g. a sentence-transformers PCA `2_Dense`)."""
-    return sorted(p for p in Path(folder).glob("*/**/*.safetensors") if not p.name.startswith("."))
+    """safetensors files of the sentence-transformers modules `folder/modules.json` lists in sub-folders (e.g. a
+    PCA `2_Dense`); not other sub-folders (a training run's `checkpoint-*/` holds its own formats)."""
+    try:
+        modules = json.loads((Path(folder) / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    dirs = {Path(folder) / m["path"] for m in modules if isinstance(m, dict) and m.get("path")}
+    return sorted(p for d in dirs for p in d.rglob("*.safetensors") if not p.name.startswith("."))
 
 
 def seal_module_weights(folder: str | os.PathLike) -> list[Path]:
@@ -342,7 +353,7 @@ def verify_module_weights(folder: str | os.PathLike) -> None:
     """`verify_checkpoint` on each sub-module weight file of `folder` that carries content hashes."""
     for path in _module_weight_files(Path(folder)):
         header = _SafetensorsFile(str(path))
-        sealed = METADATA_KEY in header.metadata
+        sealed = "integrity" in header.metadata.get(METADATA_KEY, "")
         header.close()
         if sealed:
             verify_checkpoint([path])
