@@ -62,6 +62,9 @@ def compress(
 ) -> CompressionReport:
     """Compress a ternary sentence-transformers model and save it to `out_dir`.
 
+    The model is written to a temporary folder next to `out_dir` that replaces it only once complete, so
+    `out_dir` may be the source folder (in place) and a failure leaves it untouched.
+
     Args:
         source: a saved ternary checkpoint (e.g. the output of `ternary-hf distill`) or a loaded SentenceTransformer.
         embedding_dtype: quantize the float embedding tables to `int8`, `int4` or `ternary` (None: leave them).
@@ -73,10 +76,14 @@ def compress(
         pca_corpus: texts for the PCA (default: `prune_corpus`).
         teacher: model whose embeddings define the PCA axes (default: the compressed model itself).
     """
-    from .dimension import reduce_output_dimension
+    from .checkpoint import seal_module_weights
+    from .dimension import check_output_dim, reduce_output_dimension
+    from .fileio import staged_directory
     from .integration import quantize_embeddings
     from .vocab import prune_vocabulary
 
+    if output_dim is not None:
+        check_output_dim(output_dim)
     model = source if not isinstance(source, (str, os.PathLike)) else load_ternary_sentence_transformer(source)
     encoder = model[0].auto_model
     report = CompressionReport(str(out_dir), encoder.config.quantization_config.embedding_dtype)
@@ -84,15 +91,17 @@ def compress(
         report.quantized_tables = quantize_embeddings(encoder, embedding_dtype, embedding_group_size)
         report.embedding_dtype = embedding_dtype
     prune_texts = list(prune_corpus) if prune_corpus is not None else None
-    if output_dim:
+    if output_dim is not None:
         pca_texts = list(pca_corpus) if pca_corpus is not None else prune_texts
         if not pca_texts:
             raise ValueError("output_dim needs texts for the PCA: pass pca_corpus (or prune_corpus).")
         report.pca = reduce_output_dimension(model, pca_texts, output_dim, teacher=teacher)
-    if prune_texts is not None:
-        report.vocabulary = prune_vocabulary(model, prune_texts, out_dir, min_count=min_count, eval_texts=eval_texts)
-    else:
-        model.save(str(out_dir))
+    with staged_directory(out_dir) as stage:  # a failure half-way (full disk...) leaves `out_dir` as it was
+        if prune_texts is not None:
+            report.vocabulary = prune_vocabulary(model, prune_texts, stage, min_count=min_count, eval_texts=eval_texts)
+        else:
+            model.save(str(stage))
+        seal_module_weights(stage)  # the PCA head's tensors get content hashes like the encoder's
     return report
 
 

@@ -32,6 +32,14 @@ class PcaReport:
                 f"{100 * self.explained_variance:.1f}% of the variance kept")
 
 
+def check_output_dim(dim: Any) -> int:
+    """`dim` if it is a usable output dimension (an int >= 1), else `ValueError` saying what to pass."""
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"output_dim={dim!r} is invalid: pass the number of output dimensions to keep (an integer "
+                         ">= 1, smaller than the model's embedding dimension), or leave it out to keep them all.")
+    return dim
+
+
 def fit_pca(embeddings: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     """`(components [dim, d], mean [d], explained variance fraction)` of `[n, d]` embeddings: the top right
     singular vectors of the centred matrix (float64 SVD; signs fixed so each axis' largest loading is positive)."""
@@ -80,6 +88,7 @@ def reduce_output_dimension(
     """
     from sentence_transformers.sentence_transformer.modules import Normalize
 
+    check_output_dim(dim)
     texts = [t for t in corpus if t and t.strip()]
     teacher = teacher if teacher is not None else model
     with torch.inference_mode():
@@ -90,7 +99,13 @@ def reduce_output_dimension(
     if normalized:
         model.append(Normalize())
     if out_dir is not None:
-        model.save(str(out_dir))
+        from .fileio import staged_directory
+
+        from .checkpoint import seal_module_weights
+
+        with staged_directory(out_dir) as stage:
+            model.save(str(stage))
+            seal_module_weights(stage)
     return PcaReport(emb.shape[1], dim, len(texts), explained)
 
 

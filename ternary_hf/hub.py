@@ -10,8 +10,9 @@ Three entry points, all ending in the same checked upload:
   `push_to_hub`, so the library method also uploads the ternary model card.
 
 Everything that can be checked locally is checked before the first request: the repo id, the
-token, and that the folder is an intact ternary checkpoint (config with a `ternary`
-`quantization_config`, readable safetensors, packed `uint8` weights with matching scales).
+token, and that the folder is an intact ternary checkpoint (`checkpoint.inspect_checkpoint`: config
+with a `ternary` `quantization_config`, readable safetensors whose content hashes match, packed
+`uint8` weights with valid codes and finite scales of matching shapes).
 The upload is one commit on top of the branch head seen before uploading (`parent_commit`),
 so a failure leaves the repo at its previous commit and re-running the push is the retry.
 
@@ -29,7 +30,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,8 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import get_token, validate_repo_id
 
 from .resources import model_card_template
+from .checkpoint import CheckpointError, CheckpointInfo, inspect_checkpoint, seal_module_weights  # noqa: F401
+from .fileio import staged_directory
 
 logger = logging.getLogger(__name__)
 
@@ -54,158 +57,8 @@ PREPROCESSING_FILES = (
 _SKIPPED_DIRS = {".git", ".cache", "__pycache__", ".ipynb_checkpoints"}
 
 
-class CheckpointError(ValueError):
-    """The local folder is not an intact ternary checkpoint; raised before anything is uploaded."""
-
-
 class PushError(RuntimeError):
     """The upload failed on the Hub side; says at which step and where the repo was left."""
-
-
-# --------------------------------------------------------------------------- checkpoint inspection
-@dataclass
-class CheckpointInfo:
-    """What `inspect_checkpoint` found in a saved ternary checkpoint."""
-
-    root: Path  # the folder that is uploaded
-    kind: str  # "sentence-transformers" or "transformers"
-    model_dir: Path  # folder holding config.json + the ternary safetensors (root, or an ST module folder)
-    config: dict  # config.json
-    quantization_config: dict  # config.json["quantization_config"]
-    weight_files: list[Path]  # safetensors files of the ternary model
-    ternary_layers: list[str]  # modules stored packed (weight uint8 + weight_scale)
-    st_modules: list[dict] = field(default_factory=list)  # modules.json entries (sentence-transformers)
-
-    @property
-    def is_sentence_transformer(self) -> bool:
-        return self.kind == "sentence-transformers"
-
-
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is missing: {what}.") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc}); the checkpoint is corrupt, save it again.") from exc
-
-
-def _transformer_module_dir(root: Path, modules: list[dict]) -> Path:
-    for module in modules:
-        folder = root / module.get("path", "")
-        if not folder.is_dir():
-            raise CheckpointError(
-                f"{root}/modules.json lists module {module.get('name')!r} in {folder}, which does not exist; "
-                "the sentence-transformers checkpoint is incomplete, save it again with model.save(...)."
-            )
-    for module in modules:
-        if module.get("type", "").rsplit(".", 1)[-1] == "Transformer":
-            return root / module.get("path", "")
-    raise CheckpointError(
-        f"{root}/modules.json has no Transformer module; ternary-hf publishes the transformer of a "
-        "SentenceTransformer, and found none to check."
-    )
-
-
-def _weight_files(model_dir: Path) -> list[Path]:
-    index = model_dir / "model.safetensors.index.json"
-    if index.exists():
-        weight_map = _read_json(index, "the safetensors shard index").get("weight_map", {})
-        files = [model_dir / name for name in sorted(set(weight_map.values()))]
-        missing = [f.name for f in files if not f.exists()]
-        if missing:
-            raise CheckpointError(f"{index} lists shard(s) {', '.join(missing)} that are missing from {model_dir}.")
-        return files
-    single = model_dir / "model.safetensors"
-    if single.exists():
-        return [single]
-    found = sorted(p.name for p in model_dir.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".safetensors"))
-    raise CheckpointError(
-        f"No model.safetensors (or safetensors shard index) in {model_dir} (found: {', '.join(found) or 'none'}). "
-        "ternary-hf checkpoints are saved as packed safetensors by save_pretrained."
-    )
-
-
-def _check_packed_tensors(files: list[Path], qconfig: dict) -> list[str]:
-    """Open every safetensors file (which validates its header against the file size) and check that
-    every ternary layer is stored as uint8 codes plus a scale of the shape the config implies."""
-    from .checkpoint import expected_packed_shapes, read_checkpoint_index
-
-    try:
-        index = read_checkpoint_index(files)
-    except ValueError as exc:
-        raise CheckpointError(str(exc)) from exc
-    tensors = {key: (info.dtype, list(info.shape)) for key, info in index.tensors.items()}
-    shapes = index.layer_shapes
-    # Quantized embedding tables (embedding_dtype int8/int4/ternary) also have a weight_scale; they are not
-    # ternary layers (the metadata names them; int8 tables of older checkpoints are recognised by dtype).
-    tables = set(index.embedding_tables)
-    layers = sorted(k[: -len(".weight_scale")] for k in tensors
-                    if k.endswith(".weight_scale") and tensors.get(k[: -len("_scale")], ("",))[0] != "I8"
-                    and k[: -len(".weight_scale")] not in tables)
-    if not layers:
-        raise CheckpointError(
-            f"{', '.join(str(f) for f in files)} hold no packed ternary layer (no '*.weight_scale' tensor) although "
-            "config.json declares a ternary quantization_config; the weights are not the packed ones. "
-            "Save the ternary model with save_pretrained (it writes packed uint8 weights)."
-        )
-    for layer in layers:
-        weight = tensors.get(f"{layer}.weight")
-        if weight is None or weight[0] != "U8":
-            got = "missing" if weight is None else f"dtype {weight[0]}"
-            raise CheckpointError(f"Ternary layer {layer}: '{layer}.weight' should be packed uint8 codes, got {got}.")
-        if layer in shapes:
-            out_f, in_f = shapes[layer]
-            expected_shapes = expected_packed_shapes(out_f, in_f, qconfig.get("granularity", "per_channel"),
-                                                     qconfig.get("group_size", 128))
-            expected = list(expected_shapes["weight"])
-            if weight[1] != expected:
-                raise CheckpointError(
-                    f"Ternary layer {layer}: packed weight has shape {weight[1]}, expected {expected} for a "
-                    f"[{out_f}, {in_f}] Linear; the checkpoint is corrupt."
-                )
-            want_scale = list(expected_shapes["weight_scale"])
-            got_scale = tensors[f"{layer}.weight_scale"][1]
-            if got_scale != want_scale:
-                raise CheckpointError(
-                    f"Ternary layer {layer}: weight_scale has shape {got_scale}, expected {want_scale} for "
-                    f"granularity={qconfig.get('granularity')!r}; the checkpoint does not match its config."
-                )
-    return layers
-
-
-def inspect_checkpoint(local_dir: str | os.PathLike) -> CheckpointInfo:
-    """Check that `local_dir` is an intact ternary checkpoint and describe it; raise `CheckpointError` if not.
-
-    Reads only local files (config.json, modules.json, safetensors headers): nothing is uploaded.
-    """
-    from .config import QUANT_METHOD, TernaryConfig
-
-    root = Path(local_dir)
-    if not root.is_dir():
-        raise CheckpointError(f"{root} is not a directory; pass the folder written by save_pretrained / model.save.")
-    modules: list[dict] = []
-    if (root / "modules.json").exists():
-        modules = _read_json(root / "modules.json", "the sentence-transformers module list")
-        model_dir, kind = _transformer_module_dir(root, modules), "sentence-transformers"
-    else:
-        model_dir, kind = root, "transformers"
-    config = _read_json(model_dir / "config.json", "a ternary checkpoint needs the model's config.json")
-    qconfig = config.get("quantization_config")
-    if not isinstance(qconfig, dict) or qconfig.get("quant_method") != QUANT_METHOD:
-        found = "no quantization_config" if qconfig is None else f"quant_method={qconfig.get('quant_method')!r}"
-        raise CheckpointError(
-            f"{model_dir / 'config.json'} has {found}: this is not a ternary-hf checkpoint. Ternarize it first: "
-            "`import ternary_hf; AutoModel.from_pretrained(path, quantization_config=ternary_hf.TernaryConfig())"
-            ".save_pretrained(out)`, then push `out`."
-        )
-    try:
-        TernaryConfig.from_dict(dict(qconfig))
-    except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"{model_dir / 'config.json'}: invalid ternary quantization_config: {exc}") from exc
-    files = _weight_files(model_dir)
-    layers = _check_packed_tensors(files, qconfig)
-    return CheckpointInfo(root, kind, model_dir, config, qconfig, files, layers, modules)
 
 
 # --------------------------------------------------------------------------- model card
@@ -547,33 +400,35 @@ def save_for_push(model: Any, save_dir: str | os.PathLike, processor: Any = None
     """
     from .integration import is_ternary_model
 
-    save_dir = Path(save_dir)
     if _is_sentence_transformer(model):
         if not is_ternary_model(model):
             raise CheckpointError("This SentenceTransformer has no ternary layer; load it with "
                                   "model_kwargs={'quantization_config': ternary_hf.TernaryConfig()} first.")
-        model.save(str(save_dir), create_model_card=False)
-        return save_dir
+        with staged_directory(save_dir) as stage:  # a failure half-way leaves `save_dir` as it was
+            model.save(str(stage), create_model_card=False)
+            seal_module_weights(stage)
+        return Path(save_dir)
     if not hasattr(model, "save_pretrained"):
         raise TypeError(f"push_to_hub needs a transformers PreTrainedModel or a SentenceTransformer, got "
                         f"{type(model).__name__}; for a saved folder use push_checkpoint(local_dir, repo_id).")
     if not is_ternary_model(model):
         raise CheckpointError(f"{type(model).__name__} has no ternary layer; load it with "
                               "quantization_config=ternary_hf.TernaryConfig() first.")
-    model.save_pretrained(str(save_dir), max_shard_size=max_shard_size)
-    if processor is not None:
-        processor.save_pretrained(str(save_dir))
-    else:
+    with staged_directory(save_dir) as stage:
+        model.save_pretrained(str(stage), max_shard_size=max_shard_size)
+        if processor is not None:
+            processor.save_pretrained(str(stage))
+            return Path(save_dir)
         source = _source_dir(model)
         copied = []
         for name in PREPROCESSING_FILES if source is not None else ():
-            if (source / name).is_file() and not (save_dir / name).exists():
-                shutil.copyfile(source / name, save_dir / name)
+            if (source / name).is_file() and not (stage / name).exists():
+                shutil.copyfile(source / name, stage / name)
                 copied.append(name)
-        if not copied:
-            logger.warning("No tokenizer / processor files found for %s; pass processor=... to push_to_hub to "
-                           "upload them.", type(model).__name__)
-    return save_dir
+    if not copied:
+        logger.warning("No tokenizer / processor files found for %s; pass processor=... to push_to_hub to "
+                       "upload them.", type(model).__name__)
+    return Path(save_dir)
 
 
 def push_to_hub(

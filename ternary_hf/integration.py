@@ -4,6 +4,8 @@ the checkpoint's headers through transformers' own key renaming), packed-shape c
 from __future__ import annotations
 
 import logging
+import os
+import re
 
 import torch
 from torch import nn
@@ -11,20 +13,18 @@ from transformers.quantizers.quantizers_utils import should_convert_module
 
 from .config import TernaryConfig
 from .layer import TernaryLinear
-from .checkpoint import TensorInfo
+from .checkpoint import CheckpointIndex, TensorInfo
 from .embedding import STORED_CODE_DTYPE, QuantizedEmbedding, check_embedding_layout, make_embedding
 from .ternarize import check_group_size
+from .vocab import carry_id_map
 
 logger = logging.getLogger(__name__)
 
 
-def index_by_module(model: nn.Module, index: dict[str, TensorInfo]) -> dict[str, dict[str, TensorInfo]]:
-    """Group checkpoint tensors by the *model's* module name: `{module: {"weight": info, "weight_scale": info}}`.
-
-    Checkpoint keys are mapped to model keys with transformers' own renaming rules (legacy layouts such as
-    ViT's `attention.attention.query` -> `attention.q_proj`, and the base-model prefix being present in the
-    checkpoint but not the model or the reverse), so the selection matches what the loader will do.
-    """
+def checkpoint_to_model_names(model: nn.Module):
+    """A function mapping a checkpoint module name to the *model's* module name, with transformers' own renaming
+    rules (legacy layouts such as ViT's `attention.attention.query` -> `attention.q_proj`, and the base-model
+    prefix being present in the checkpoint but not the model or the reverse)."""
     from transformers.conversion_mapping import get_model_conversion_mapping
     from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
 
@@ -33,14 +33,24 @@ def index_by_module(model: nn.Module, index: dict[str, TensorInfo]) -> dict[str,
     converters = [m for m in mapping if isinstance(m, WeightConverter)]
     meta_state = model.state_dict()
     prefix = getattr(model, "base_model_prefix", "") or ""
+
+    def rename(ckpt_module: str) -> str:
+        # Rename through the `.weight` key: that is the name the model's state dict knows.
+        renamed, _ = rename_source_key(ckpt_module + ".weight", renamings, converters, prefix, meta_state)
+        return renamed[: -len(".weight")]
+
+    return rename
+
+
+def index_by_module(model: nn.Module, index: dict[str, TensorInfo], rename=None) -> dict[str, dict[str, TensorInfo]]:
+    """Group checkpoint tensors by the *model's* module name: `{module: {"weight": info, "weight_scale": info}}`,
+    so the selection matches what the loader will do (see `checkpoint_to_model_names`)."""
+    rename = rename or checkpoint_to_model_names(model)
     by_module: dict[str, dict[str, TensorInfo]] = {}
     for key, info in index.items():
         for suffix in ("weight", "weight_scale"):
             if key.endswith("." + suffix):
-                # Rename through the `.weight` key: that is the name the model's state dict knows.
-                ckpt_module = key[: -len(suffix) - 1]
-                renamed, _ = rename_source_key(ckpt_module + ".weight", renamings, converters, prefix, meta_state)
-                by_module.setdefault(renamed[: -len(".weight")], {})[suffix] = info
+                by_module.setdefault(rename(key[: -len(suffix) - 1]), {})[suffix] = info
     return by_module
 
 
@@ -80,6 +90,29 @@ def _select(model, config, by_module, pre_quantized, module_type, stored_dtype) 
     return selected
 
 
+def check_modules_to_not_convert(model: nn.Module, config: TernaryConfig) -> None:
+    """Every `modules_to_not_convert` entry must match a module (with transformers' matching rules): a typo would
+    otherwise ternarize the layer the user meant to keep. Raises naming the entry and the closest module names."""
+    import difflib
+
+    names = [name for name, _ in model.named_modules() if name]
+    for entry in config.modules_to_not_convert or []:
+        try:
+            matched = any(not should_convert_module(name, [entry]) for name in names)
+        except re.error as exc:
+            raise ValueError(f"TernaryConfig.modules_to_not_convert entry {entry!r} is not a valid pattern ({exc}).") \
+                from None
+        if not matched:
+            leaves = sorted({n.rsplit(".", 1)[-1] for n in names} | set(names))
+            close = difflib.get_close_matches(entry, leaves, n=4, cutoff=0.5)
+            hint = f" Close module names: {', '.join(close)}." if close else ""
+            raise ValueError(
+                f"TernaryConfig.modules_to_not_convert entry {entry!r} matches no module of {type(model).__name__}, so "
+                f"it would keep nothing in full precision.{hint} Entries match a module name from its start "
+                "('encoder.layer.0'), as a regex ('encoder.layer.*.output.dense') or as a suffix ('pooler.dense')."
+            )
+
+
 def select_linear_modules(
     model: nn.Module,
     config: TernaryConfig,
@@ -116,6 +149,24 @@ def select_embedding_modules(
     for name in names:
         check_embedding_layout(kind, model.get_submodule(name).embedding_dim, config.embedding_group_size, name)
     return names
+
+
+def check_stored_embeddings(model: nn.Module, config: TernaryConfig, by_module: dict[str, dict[str, TensorInfo]],
+                            files) -> None:
+    """A packed checkpoint whose config declares quantized tables must store them so: every table that saving
+    would have quantized but is stored in another format means config.json and the weights come from two saves."""
+    if config.embedding_dtype == "float":
+        return
+    kind = config.embedding_dtype
+    other = _select(model, config, by_module, False, nn.Embedding, STORED_CODE_DTYPE[kind])
+    if other:
+        stored = by_module[other[0]]["weight"].dtype
+        raise ValueError(
+            f"config.json declares embedding_dtype={kind!r}, but table(s) {', '.join(other)} in "
+            f"{', '.join(os.fspath(f) for f in files)} are stored as {stored}: the config and the weights come from "
+            "two different saves (e.g. an interrupted in-place `ternary-hf quantize` of an older version). Restore "
+            "the matching config.json, or quantize again from the source model."
+        )
 
 
 def replace_embedding_modules(model: nn.Module, names: list[str], dtype: torch.dtype | None,
@@ -157,7 +208,9 @@ def quantize_embeddings(model: nn.Module, kind: str, group_size: int = 64) -> li
         parent = model.get_submodule(parent_name) if parent_name else model
         emb = getattr(parent, child)
         check_embedding_layout(kind, emb.embedding_dim, group_size, name)
-        setattr(parent, child, QuantizedEmbedding.from_embedding(emb, kind, group_size, qconfig.rule))
+        table = QuantizedEmbedding.from_embedding(emb, kind, group_size, qconfig.rule)
+        carry_id_map(emb, table)
+        setattr(parent, child, table)
     qconfig.embedding_dtype, qconfig.embedding_group_size = kind, group_size
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:
@@ -209,6 +262,21 @@ def check_packed_shapes(model: nn.Module, by_module: dict[str, dict[str, TensorI
                 )
 
 
+def check_recorded_layers(model: nn.Module, index: CheckpointIndex, by_module: dict[str, dict[str, TensorInfo]],
+                          files) -> None:
+    """Every layer and table the checkpoint's metadata says it stores packed must have its tensors: a packed
+    weight that is missing (or renamed) would otherwise leave a randomly initialised float layer."""
+    rename = checkpoint_to_model_names(model)
+    for name in [*index.layer_shapes, *index.embedding_tables]:
+        for suffix in ("weight", "weight_scale"):
+            if suffix not in by_module.get(rename(name), {}):
+                raise ValueError(
+                    f"Packed checkpoint {', '.join(os.fspath(f) for f in files)} lacks tensor '{name}.{suffix}' of "
+                    f"the packed layer '{name}' its metadata lists: the file was edited (a tensor renamed or "
+                    "deleted) or is incomplete. Re-download the model or save it again."
+                )
+
+
 def ternary_modules(model: nn.Module) -> list[tuple[str, TernaryLinear]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, TernaryLinear)]
 
@@ -229,6 +297,7 @@ def dequantize_modules(model: nn.Module, dtype: torch.dtype | None = None) -> nn
         new = nn.Embedding(emb.num_embeddings, emb.embedding_dim, emb.padding_idx, device=weight.device,
                            dtype=weight.dtype)
         new.weight.copy_(weight)
+        carry_id_map(emb, new)
         setattr(parent, child, new)
     for name, layer in ternary_modules(model):
         parent_name, _, child = name.rpartition(".")

@@ -15,10 +15,22 @@ from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_
 from transformers.quantizers.quantizers_utils import get_module_from_name
 
 from .version import __version__
-from .checkpoint import HINT_KEY, METADATA_KEY, read_checkpoint_index
+from .checkpoint import (
+    HINT_KEY,
+    METADATA_KEY,
+    STORAGE_FIELDS,
+    check_config_matches_weights,
+    integrity_record,
+    read_checkpoint_index,
+    verify_checkpoint,
+    verify_module_weights,
+)
 from .config import LOADER_HINT, QUANT_METHOD, TernaryConfig
 from .integration import (
+    check_modules_to_not_convert,
     check_packed_shapes,
+    check_recorded_layers,
+    check_stored_embeddings,
     dequantize_modules,
     index_by_module,
     replace_embedding_modules,
@@ -29,6 +41,7 @@ from .integration import (
 )
 from .embedding import QuantizedEmbedding, quantize_rows
 from .layer import TernaryLinear
+from .vocab import prepare_id_map
 
 
 
@@ -66,8 +79,16 @@ class TernaryHfQuantizer(HfQuantizer):
 
     def _process_model_before_weight_loading(self, model, dtype=None, checkpoint_files=None, **kwargs):
         # No files (a `state_dict=` load): convert every Linear not excluded.
-        by_module = index_by_module(model, read_checkpoint_index(checkpoint_files).tensors) if checkpoint_files else None
+        index = read_checkpoint_index(checkpoint_files) if checkpoint_files else None
+        if self.pre_quantized and checkpoint_files:
+            verify_checkpoint(checkpoint_files)  # hashes, codes, scales: before any tensor is read
+        by_module = index_by_module(model, index.tensors) if index is not None else None
+        if self.pre_quantized and by_module is not None:
+            check_config_matches_weights(self.quantization_config, index, checkpoint_files)
+            check_recorded_layers(model, index, by_module, checkpoint_files)
         config = self.quantization_config
+        if not self.pre_quantized:  # a packed checkpoint's stored dtypes decide; its entries may name another head
+            check_modules_to_not_convert(model, config)
         names = select_linear_modules(model, config, by_module, pre_quantized=self.pre_quantized)
         if not names:
             where = "stored packed in the checkpoint" if self.pre_quantized else "with weights in the checkpoint"
@@ -79,9 +100,12 @@ class TernaryHfQuantizer(HfQuantizer):
         if self.pre_quantized and config.mode != "inference":
             config.mode = "inference"  # a packed checkpoint can only be loaded packed
         embeddings = select_embedding_modules(model, config, by_module, pre_quantized=self.pre_quantized)
+        if self.pre_quantized and by_module is not None:
+            check_stored_embeddings(model, config, by_module, checkpoint_files)
         replace_linear_modules(model, names, config, dtype)
         if config.mode == "inference":  # in QAT the tables stay trainable; they are stored quantized on save
             replace_embedding_modules(model, embeddings, dtype, config)
+        prepare_id_map(model)  # a pruned vocabulary's id map loads with its table
         ignored = set(model._keys_to_ignore_on_load_unexpected or ())
         model._keys_to_ignore_on_load_unexpected = ignored | {re.escape(HINT_KEY)}
         if self.pre_quantized and by_module is not None:
@@ -100,6 +124,7 @@ class TernaryHfQuantizer(HfQuantizer):
         # beyond the pruned table (from another tokenizer) are refused at lookup.
         if getattr(self, "checkpoint_dir", None):
             check_tokenizer_files(self.checkpoint_dir, model.config)
+            verify_module_weights(self.checkpoint_dir)  # e.g. a sentence-transformers PCA head next to the weights
         install_vocabulary_guard(model)
         # Packed encoder layers get the fused CPU forward (it steps aside wherever it does not apply).
         install_fused_layers(model)
@@ -140,11 +165,17 @@ class TernaryHfQuantizer(HfQuantizer):
         for entry in embeddings.values():
             if entry["dtype"] != "int4":
                 del entry["group_size"]
+        check_finite_scales(state, [*shapes, *embeddings])
         state[HINT_KEY] = torch.zeros(0, dtype=torch.uint8)
-        metadata = {
-            METADATA_KEY: json.dumps({"version": __version__, "shapes": shapes, "embeddings": embeddings}),
-            "ternary_hf_loader_hint": LOADER_HINT,
-        }
+        record = {"version": __version__, "shapes": shapes, "embeddings": embeddings,
+                  "storage": {key: getattr(config, key) for key in STORAGE_FIELDS}}
+        if not getattr(model, "_hf_peft_config_loaded", False):  # with adapters only their weights are saved
+            codes = [f"{name}.weight" for name in shapes]
+            codes += [f"{name}.weight" for name, entry in embeddings.items() if entry["dtype"] == "ternary"]
+            integrity = integrity_record(*_as_saved(model, state, codes))
+            if integrity is not None:
+                record["integrity"] = integrity
+        metadata = {METADATA_KEY: json.dumps(record), "ternary_hf_loader_hint": LOADER_HINT}
         return state, metadata
 
     def _dequantize(self, model, dtype=None):
@@ -161,6 +192,33 @@ class TernaryHfQuantizer(HfQuantizer):
     @property
     def is_qat_trainable(self) -> bool:
         return self.quantization_config.mode == "qat"
+
+
+def check_finite_scales(state: dict[str, torch.Tensor], modules: list[str]) -> None:
+    """Refuse to save a layer or table whose scale holds NaN / inf (a diverged run): the checkpoint would not load,
+    and the backends disagree on such a layer (the fast path hides what the reference returns as NaN)."""
+    for name in modules:
+        scale = state.get(f"{name}.weight_scale")
+        if scale is not None and scale.device.type != "meta" and not bool(torch.isfinite(scale).all()):
+            raise ValueError(
+                f"'{name}.weight_scale' holds {int((~torch.isfinite(scale)).sum())} non-finite value(s) (NaN or inf), "
+                "e.g. from a diverged training run; nothing was saved. Resume from an earlier checkpoint or lower the "
+                "learning rate."
+            )
+
+
+def _as_saved(model, state: dict[str, torch.Tensor], codes: list[str]):
+    """`(tensors by saved name, saved names of `codes`, {state name: saved name} where they differ)`: what
+    `save_pretrained` writes after dropping ignored and tied keys and reverting load-time renamings (e.g. ViT's
+    `q_proj` back to `attention.query`), so the content hashes are recorded under the names in the file."""
+    from transformers.core_model_loading import revert_weight_conversion
+    from transformers.modeling_utils import remove_tied_weights_from_state_dict
+
+    kept = {k: v for k, v in state.items() if k not in set(model._keys_to_ignore_on_save or ())}
+    saved = revert_weight_conversion(model, remove_tied_weights_from_state_dict(kept, model))
+    saved_name = {id(t): name for name, t in saved.items()}
+    aliases = {k: saved_name[id(t)] for k, t in kept.items() if saved_name.get(id(t), k) != k}
+    return saved, [aliases.get(name, name) for name in codes if name in kept], aliases
 
 
 def register() -> None:

@@ -6,17 +6,24 @@ given domain never produces, and in a small encoder their embedding rows are mos
 special tokens and, by default, every single-character piece so that any text still tokenizes), and writes:
 
 - the embedding table restricted to the kept rows (float or quantized: rows are stored independently, so
-  slicing them is exact), `config.vocab_size` set to the kept count;
-- a WordPiece tokenizer with the kept tokens renumbered `0..kept-1` in their original order. WordPiece is
-  greedy longest-match-first, so on any word whose original pieces are all kept, the pruned tokenizer
-  produces the same pieces: the pruned model computes exactly what the original did on such text;
-- `config.json["ternary_hf_vocabulary"]`: original and kept sizes, the coverage measured, and the SHA-256 of
-  the pruned vocabulary; `kept_token_ids.json`: the original id of every kept token (for remapping).
+  slicing them is exact), `config.vocab_size` set to the kept count, and an id map `vocab_rows` (int32,
+  one entry per *original* token id: its row, or -1 for a pruned token) stored next to the table;
+- a WordPiece tokenizer in the ORIGINAL id space: every kept token keeps its id, every pruned token is
+  replaced by a placeholder no text can produce (it contains a space). WordPiece is greedy
+  longest-match-first, so on any word whose original pieces are all kept, the pruned tokenizer produces
+  the same ids as the original: the pruned model computes exactly what the original did on such text;
+  other words split into kept pieces (single characters are kept) instead of pruned ones;
+- `config.json["ternary_hf_vocabulary"]`: original and kept sizes, the coverage measured, the SHA-256 of
+  the pruned and of the original vocabulary; `kept_token_ids.json`: the original id of every kept token.
 
-Misaligned ids are refused, never silently used: loading the model (ternary quantizer) checks that the
-tokenizer files next to it are the pruned ones, and a forward pre-hook on the table rejects ids beyond the
-pruned vocabulary with an explanation (ids of the original tokenizer). `check_tokenizer(model, tokenizer)`
-checks a tokenizer object explicitly.
+Ids are never silently misread: the table's forward pre-hook maps token ids through `vocab_rows`, so the
+pruned tokenizer and the ORIGINAL tokenizer both work (same id space); an id of a pruned token (only the
+original tokenizer produces those) or beyond the original vocabulary raises `VocabularyMismatchError`
+naming the ids. Loading (ternary quantizer) refuses tokenizer files next to the weights that are neither
+the pruned nor the original vocabulary; `check_tokenizer(model, tokenizer)` checks a tokenizer object.
+What stays undetectable: a *different* tokenizer whose ids all fall on kept tokens (docs/integrity.md).
+Checkpoints pruned by older versions (kept tokens renumbered, no `vocab_rows`) keep the old guard, which
+only refuses ids beyond the pruned table.
 """
 
 from __future__ import annotations
@@ -35,10 +42,15 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from .checkpoint import seal_module_weights
+from .fileio import atomic_write_text, staged_directory
+
 logger = logging.getLogger(__name__)
 
 CONFIG_KEY = "ternary_hf_vocabulary"
 KEPT_IDS_FILE = "kept_token_ids.json"
+ID_MAP_BUFFER = "vocab_rows"  # on the input embedding: original token id -> row of the pruned table (-1: pruned)
+ID_SPACE = "original"  # `id_space` of a record whose tokenizer keeps the original ids (absent: renumbered, older)
 DEFAULT_WARN_BELOW = 0.99
 
 
@@ -164,40 +176,18 @@ def _wordpiece_json(tokenizer: Any) -> dict:
     return spec
 
 
-def _remap_ids_in(obj: Any, old_to_new: dict[int, int]) -> Any:
-    """Rewrite the special-token ids held in a tokenizer.json post-processor."""
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            if k == "ids" and isinstance(v, list) and all(isinstance(x, int) for x in v):
-                out[k] = [old_to_new[x] for x in v]
-            elif k == "id" and isinstance(v, int) and not isinstance(v, bool):
-                out[k] = old_to_new[v]
-            else:
-                out[k] = _remap_ids_in(v, old_to_new)
-        return out
-    if isinstance(obj, list):
-        return [_remap_ids_in(v, old_to_new) for v in obj]
-    if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[1], int):  # RobertaProcessing ("</s>", 2)
-        return (obj[0], old_to_new[obj[1]])
-    return obj
+def _placeholder(token_id: int) -> str:
+    # Pre-tokenizers split text on whitespace, so a vocabulary entry holding a space never matches a piece of text.
+    return f"[pruned {token_id}]"
 
 
 def _pruned_tokenizer_json(spec: dict, kept: list[int]) -> dict:
-    old_to_new = {old: new for new, old in enumerate(kept)}
-    id_to_token = {i: t for t, i in spec["model"]["vocab"].items()}
+    """The tokenizer with every token not in `kept` replaced by an unmatchable placeholder, ids unchanged."""
+    keep = set(kept)
     spec = dict(spec)
-    spec["model"] = {**spec["model"], "vocab": {id_to_token[old]: new for new, old in enumerate(kept)}}
-    spec["added_tokens"] = [{**t, "id": old_to_new[t["id"]]} for t in spec.get("added_tokens", [])]
-    if spec.get("post_processor") is not None:
-        spec["post_processor"] = _remap_ids_in(spec["post_processor"], old_to_new)
+    spec["model"] = {**spec["model"], "vocab": {
+        (token if i in keep else _placeholder(i)): i for token, i in spec["model"]["vocab"].items()}}
     return spec
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _save_pruned_tokenizer(tokenizer: Any, spec: dict, out_dir: Path) -> Any:
@@ -205,9 +195,9 @@ def _save_pruned_tokenizer(tokenizer: Any, spec: dict, out_dir: Path) -> Any:
     from transformers import AutoTokenizer
 
     tokenizer.save_pretrained(out_dir)
-    _write_atomic(out_dir / "tokenizer.json", json.dumps(spec, ensure_ascii=False))
+    atomic_write_text(out_dir / "tokenizer.json", json.dumps(spec, ensure_ascii=False))
     # A loader that builds the tokenizer from vocab.txt must see the same pruned vocabulary.
-    _write_atomic(out_dir / "vocab.txt", "\n".join(_tokens_in_id_order(spec["model"]["vocab"])) + "\n")
+    atomic_write_text(out_dir / "vocab.txt", "\n".join(_tokens_in_id_order(spec["model"]["vocab"])) + "\n")
     return AutoTokenizer.from_pretrained(out_dir)
 
 
@@ -233,13 +223,11 @@ def _prune_table(model: nn.Module, kept: list[int]) -> None:
         new.weight.requires_grad_(table.weight.requires_grad)
     else:
         raise ValueError(f"Cannot prune an input embedding of type {type(table).__name__}; expected nn.Embedding.")
+    rows = torch.full((table.num_embeddings,), -1, dtype=torch.int32)
+    rows[ids] = torch.arange(len(kept), dtype=torch.int32)
+    new.register_buffer(ID_MAP_BUFFER, rows.to(new.weight.device))
     model.set_input_embeddings(new)
-    model.config.vocab_size = len(kept)
-    old_to_new = {old: new for new, old in enumerate(kept)}
-    for attr in ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id"):
-        value = getattr(model.config, attr, None)
-        if isinstance(value, int):
-            setattr(model.config, attr, old_to_new.get(value))
+    model.config.vocab_size = len(kept)  # the table's rows; token ids (pad_token_id...) stay in the original space
 
 
 def _load(model_or_path: Any):
@@ -299,6 +287,14 @@ def prune_vocabulary(
     if not texts:
         raise ValueError("prune_vocabulary: the corpus is empty; pass the texts the model will embed.")
     st, model, tokenizer = _load(model_or_path)
+    from .config import TernaryConfig
+
+    if not isinstance(getattr(model.config, "quantization_config", None), TernaryConfig):
+        raise ValueError(
+            "prune_vocabulary needs a ternary model (loaded with a TernaryConfig or from a ternary checkpoint): the "
+            "id map of the pruned table is applied by ternary-hf's loader, which a plain model does not go through. "
+            "Ternarize it first (`ternary-hf quantize`), or pass the ternary checkpoint."
+        )
     if CONFIG_KEY in model.config.to_dict():
         raise ValueError("This model's vocabulary is already pruned; prune the original model instead.")
     spec = _wordpiece_json(tokenizer)
@@ -347,21 +343,23 @@ def prune_vocabulary(
         "vocab_size": len(kept),
         "tokenizer_sha256": vocabulary_sha256(tokens),
         "original_tokenizer_sha256": vocabulary_sha256(_tokens_in_id_order(vocab)),
+        "id_space": ID_SPACE,
         "kept_ids_file": KEPT_IDS_FILE,
         "coverage": report.coverage,
         "heldout_coverage": heldout,
     }})
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    pruned_tokenizer = _save_pruned_tokenizer(tokenizer, new_spec, out)
-    if st is not None:
-        st[0].processor = pruned_tokenizer
-        st.save(str(out))  # re-saves the (pruned) tokenizer with the model and the other modules
-    else:
-        model.save_pretrained(out)
-    _write_atomic(out / KEPT_IDS_FILE, json.dumps(kept))
-    check_tokenizer_files(out, model.config)
-    check_tokenizer(model, pruned_tokenizer)
+    install_vocabulary_guard(model)  # the live model reads original-space ids from now on
+    with staged_directory(out_dir) as out:  # a failure half-way leaves `out_dir` as it was
+        pruned_tokenizer = _save_pruned_tokenizer(tokenizer, new_spec, out)
+        if st is not None:
+            st[0].processor = pruned_tokenizer
+            st.save(str(out))  # re-saves the (pruned) tokenizer with the model and the other modules
+        else:
+            model.save_pretrained(out)
+        atomic_write_text(out / KEPT_IDS_FILE, json.dumps(kept))
+        seal_module_weights(out)
+        check_tokenizer_files(out, model.config)
+        check_tokenizer(model, pruned_tokenizer)
     logger.info("Pruned vocabulary: %s", report)
     return report
 
@@ -370,6 +368,15 @@ def vocabulary_record(config: Any) -> dict | None:
     """The `ternary_hf_vocabulary` entry of a model config (None when the vocabulary is not pruned)."""
     record = getattr(config, CONFIG_KEY, None)
     return record if isinstance(record, dict) else None
+
+
+def _accepted_hashes(record: dict) -> set[str]:
+    """Vocabularies whose ids a pruned model reads correctly: its own, and the original one when it kept the
+    original id space (the table's id map refuses the pruned ids at lookup)."""
+    accepted = {record.get("tokenizer_sha256")}
+    if record.get("id_space") == ID_SPACE:
+        accepted.add(record.get("original_tokenizer_sha256"))
+    return accepted
 
 
 def _mismatch(record: dict, got: str, what: str) -> VocabularyMismatchError:
@@ -384,7 +391,8 @@ def _mismatch(record: dict, got: str, what: str) -> VocabularyMismatchError:
 
 
 def check_tokenizer(model: Any, tokenizer: Any) -> None:
-    """Raise `VocabularyMismatchError` if `tokenizer` is not the one `model`'s pruned vocabulary was saved with."""
+    """Raise `VocabularyMismatchError` if `model`'s pruned vocabulary cannot read `tokenizer`'s ids: it must be the
+    tokenizer saved with the model or (models pruned in the original id space) the original one."""
     config = getattr(model, "config", model)
     if hasattr(model, "__getitem__") and hasattr(model, "_first_module"):  # SentenceTransformer
         config = model[0].auto_model.config
@@ -392,32 +400,83 @@ def check_tokenizer(model: Any, tokenizer: Any) -> None:
     if record is None:
         return
     got = vocabulary_sha256(tokenizer_vocabulary(tokenizer))
-    if got != record.get("tokenizer_sha256"):
+    if got not in _accepted_hashes(record):
         raise _mismatch(record, got, f"Tokenizer {type(tokenizer).__name__}")
 
 
 def check_tokenizer_files(path: str | os.PathLike, config: Any) -> None:
-    """Raise `VocabularyMismatchError` if the tokenizer files in `path` are not the pruned vocabulary."""
+    """Raise `VocabularyMismatchError` if the tokenizer files in `path` are neither the pruned vocabulary nor
+    (models pruned in the original id space) the original one."""
     record = vocabulary_record(config)
     if record is None:
         return
     tokens = _vocabulary_from_dir(Path(path))
     if tokens is None:
-        return  # no tokenizer saved there: the forward guard still rejects out-of-range ids
+        return  # no tokenizer saved there: the table's id map still checks every id
     got = vocabulary_sha256(tokens)
-    if got != record.get("tokenizer_sha256"):
+    if got not in _accepted_hashes(record):
         raise _mismatch(record, got, f"The tokenizer saved in {path}")
 
 
+def prepare_id_map(model: nn.Module) -> None:
+    """Before weights are loaded: give a pruned model's input embedding its `vocab_rows` buffer (filled from the
+    checkpoint), so the id map loads with the table. No-op for other models and older pruned checkpoints."""
+    record = vocabulary_record(getattr(model, "config", None))
+    if record is None or record.get("id_space") != ID_SPACE:
+        return
+    table = model.get_input_embeddings()
+    device = next(iter(table.buffers()), None)
+    device = device.device if device is not None else table.weight.device
+    table.register_buffer(ID_MAP_BUFFER, torch.empty(record["original_vocab_size"], dtype=torch.int32, device=device))
+
+
+def carry_id_map(old: nn.Module, new: nn.Module) -> None:
+    """When a table module is replaced (embedding quantization, dequantization), the new one keeps the id map."""
+    rows = getattr(old, ID_MAP_BUFFER, None)
+    if isinstance(rows, torch.Tensor):
+        new.register_buffer(ID_MAP_BUFFER, rows)
+        new.register_forward_pre_hook(_map_ids)
+        new._ternary_hf_vocab_guard = True
+
+
+def _map_ids(module: nn.Module, args: tuple):
+    """Forward pre-hook: token ids of the original id space -> rows of the pruned table; pruned ids refused."""
+    ids = args[0] if args else None
+    if not isinstance(ids, torch.Tensor) or ids.is_floating_point():
+        return None
+    rows_of = getattr(module, ID_MAP_BUFFER)
+    if ids.numel():
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= rows_of.numel():
+            bad = low if low < 0 else high
+            raise VocabularyMismatchError(
+                f"Token id {bad} is outside this model's vocabulary ({rows_of.numel()} token ids, "
+                f"{module.num_embeddings} kept by pruning): the ids were produced by another tokenizer. Tokenize "
+                "with the tokenizer saved with the pruned model (AutoTokenizer.from_pretrained(<pruned dir>)).")
+    rows = rows_of[ids]
+    if ids.numel() and bool((rows < 0).any()):
+        pruned = sorted(set(ids[rows < 0].tolist()))
+        raise VocabularyMismatchError(
+            f"Token id(s) {pruned[:8]}{' ...' if len(pruned) > 8 else ''} were pruned from this model's vocabulary "
+            f"({module.num_embeddings} of {rows_of.numel()} tokens kept): the text was tokenized with a tokenizer "
+            "that still has them, probably the original one. Tokenize with the tokenizer saved with the pruned "
+            "model (AutoTokenizer.from_pretrained(<pruned dir>)): it splits such words into kept pieces.")
+    return (rows.long(), *args[1:])
+
+
 def install_vocabulary_guard(model: nn.Module) -> None:
-    """On a pruned model, reject token ids beyond the pruned table with an explanation (ids from the original
-    tokenizer), instead of an opaque index error; no-op for models whose vocabulary is not pruned."""
+    """On a pruned model, map token ids through the table's id map and refuse pruned or out-of-range ids with
+    an explanation (older pruned checkpoints: refuse ids beyond the pruned table); no-op for other models."""
     record = vocabulary_record(getattr(model, "config", None))
     get_emb = getattr(model, "get_input_embeddings", None)
     if record is None or not callable(get_emb):
         return
     table = get_emb()
     if table is None or getattr(table, "_ternary_hf_vocab_guard", False):
+        return
+    if isinstance(getattr(table, ID_MAP_BUFFER, None), torch.Tensor):
+        table.register_forward_pre_hook(_map_ids)
+        table._ternary_hf_vocab_guard = True
         return
     rows = table.num_embeddings
 
@@ -430,8 +489,7 @@ def install_vocabulary_guard(model: nn.Module) -> None:
                     f"Token id {top} is outside this model's pruned vocabulary of {rows} tokens (of "
                     f"{record.get('original_vocab_size')}): the ids were produced by another tokenizer, probably "
                     "the original one. Tokenize with the tokenizer saved with the pruned model "
-                    "(AutoTokenizer.from_pretrained(<pruned dir>))."
-                )
+                    "(AutoTokenizer.from_pretrained(<pruned dir>)).")
 
     table.register_forward_pre_hook(guard)
     table._ternary_hf_vocab_guard = True

@@ -136,7 +136,7 @@ def test_config_disagreeing_with_stored_tables_is_refused(tiny_bert_dir, tmp_pat
     cfg = json.loads(cfg_file.read_text())
     cfg["quantization_config"]["embedding_group_size"] = 8
     cfg_file.write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match=r"embeddings.word_embeddings.weight_scale.*shape \(120, 2\).*\(120, 4\)"):
+    with pytest.raises(ValueError, match=r"disagrees with the weights .*embedding_group_size=8 \(weights: 16\)"):
         AutoModel.from_pretrained(tmp_path)
 
 
@@ -197,11 +197,11 @@ def test_pruned_model_and_tokenizer_equal_the_original_on_covered_text(kind, tin
     assert table.num_embeddings == len(kept) == report.kept < 3000  # specials + characters + corpus words
     assert pruned[0].auto_model.config.vocab_size == len(kept)
     assert (kind == "float") == (type(table) is nn.Embedding)
+    assert table.vocab_rows.shape == (30522,) and int((table.vocab_rows >= 0).sum()) == len(kept)
     tok = pruned[0].tokenizer
-    assert len(tok) == len(kept)
-    for text in texts:  # same pieces, renumbered through the kept-id map
-        new_ids = tok(text)["input_ids"]
-        assert [kept[i] for i in new_ids] == original_tokenizer(text)["input_ids"]
+    assert len(tok) == 30522  # the original id space: pruned tokens are unmatchable placeholders
+    for text in texts:  # same pieces, same ids
+        assert tok(text)["input_ids"] == original_tokenizer(text)["input_ids"]
     assert torch.equal(pruned.encode(texts, convert_to_tensor=True), before)
     assert tok("zyzzyva quux")["input_ids"].count(tok.unk_token_id) == 0  # unseen words split into characters
     size = ternary_hf.footprint(tmp_path)
@@ -211,24 +211,64 @@ def test_pruned_model_and_tokenizer_equal_the_original_on_covered_text(kind, tin
     assert "pruned to" in card and (kind == "float" or "stored int4" in card)
 
 
-def test_pruned_model_refuses_the_original_tokenizer(tiny_wordpiece_dir, tmp_path):
+def test_pruned_model_reads_the_original_tokenizer_or_refuses_it(tiny_wordpiece_dir, tmp_path):
+    """Issue 19: the original tokenizer gave silently wrong embeddings for ids inside the pruned table. Now
+    both tokenizers share the original id space: covered text embeds exactly, pruned ids raise."""
     st = _ternary_st(tiny_wordpiece_dir)
+    texts = ["the cat sat on the mat", "a dog runs in the park"]
+    with torch.no_grad():
+        before = st[0].auto_model(**st[0].tokenizer(texts, padding=True, return_tensors="pt")).last_hidden_state
     prune_vocabulary(st, CORPUS, tmp_path / "pruned", warn_below=0.0)
     original = AutoTokenizer.from_pretrained(tiny_wordpiece_dir)
     model = AutoModel.from_pretrained(tmp_path / "pruned")
-    with pytest.raises(VocabularyMismatchError, match="ORIGINAL"):
-        check_tokenizer(model, original)
+    check_tokenizer(model, original)  # same id space: accepted
     check_tokenizer(model, AutoTokenizer.from_pretrained(tmp_path / "pruned"))
-    ids = original(["the cat sat on the mat"], return_tensors="pt")["input_ids"]  # [CLS] = 101 > kept size
-    with pytest.raises(VocabularyMismatchError, match="outside this model's pruned vocabulary"):
+    with torch.no_grad():
+        after = model(**original(texts, padding=True, return_tensors="pt")).last_hidden_state
+    assert torch.equal(after, before)  # "a" / "the" were misread before (ids inside the pruned table)
+    ids = original(["zebras quarrel"], return_tensors="pt")["input_ids"]  # words outside the corpus
+    with pytest.raises(VocabularyMismatchError, match=r"were pruned from this model's vocabulary"):
         model(input_ids=ids)
-    # The original tokenizer files copied next to the pruned weights: refused at load.
+    with pytest.raises(VocabularyMismatchError, match="outside this model's vocabulary"):
+        model(input_ids=torch.tensor([[101, 40000, 102]]))
+    # The original tokenizer files next to the pruned weights: accepted (same id space).
     shutil.copytree(tmp_path / "pruned", tmp_path / "mixed")
     for name in TOKENIZER_FILES:
         if (Path(tiny_wordpiece_dir) / name).is_file():
             shutil.copy(Path(tiny_wordpiece_dir) / name, tmp_path / "mixed" / name)
+    AutoModel.from_pretrained(tmp_path / "mixed")
+    # A tokenizer of another vocabulary: refused at load and by check_tokenizer.
+    other = json.loads((tmp_path / "mixed" / "tokenizer.json").read_text())
+    vocab = other["model"]["vocab"]
+    vocab["zzzz"], vocab["the"] = vocab.pop("the"), vocab.pop("zzzz", len(vocab))
+    (tmp_path / "mixed" / "tokenizer.json").write_text(json.dumps(other))
     with pytest.raises(VocabularyMismatchError, match="does not match this model's pruned vocabulary"):
         AutoModel.from_pretrained(tmp_path / "mixed")
+
+
+def test_pruned_id_map_survives_quantizing_and_dequantizing_the_table(tiny_wordpiece_dir, tmp_path):
+    from ternary_hf.integration import dequantize_modules, quantize_embeddings
+
+    st = _ternary_st(tiny_wordpiece_dir)
+    prune_vocabulary(st, CORPUS, tmp_path / "pruned", warn_below=0.0)
+    model = AutoModel.from_pretrained(tmp_path / "pruned")
+    ids = AutoTokenizer.from_pretrained(tiny_wordpiece_dir)(["the cat"], return_tensors="pt")["input_ids"]
+    for change in (lambda m: quantize_embeddings(m, "int8"), dequantize_modules):
+        change(model)
+        table = model.get_input_embeddings()
+        assert table.vocab_rows.shape == (30522,)
+        model(input_ids=ids)
+        with pytest.raises(VocabularyMismatchError, match="were pruned"):
+            model(input_ids=torch.tensor([[101, 29000, 102]]))
+
+
+def test_pruning_needs_a_ternary_model(tiny_wordpiece_dir, tmp_path):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+
+    st = SentenceTransformer(modules=[Transformer(tiny_wordpiece_dir), Pooling(32)], device="cpu")
+    with pytest.raises(ValueError, match="needs a ternary model"):
+        prune_vocabulary(st, CORPUS, tmp_path / "pruned", warn_below=0.0)
 
 
 def test_low_coverage_warns_with_the_coverage(tiny_wordpiece_dir, tmp_path):

@@ -44,10 +44,16 @@ def _resume_value(value: Any) -> Any:
 
 
 def main_from_argv(argv: list[str], prog: str = "ternary-hf distill") -> int:
-    from ..training.recipe import distill
+    from ..training.recipe import check_distillation_inputs, distill
 
     recipe, dargs, targs = parse_args(argv, prog)
-    trainer = distill(recipe, dargs, targs, resume_from_checkpoint=_resume_value(targs.resume_from_checkpoint))
+    try:
+        check_distillation_inputs(recipe, dargs, targs)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    trainer = distill(recipe, dargs, targs, resume_from_checkpoint=_resume_value(targs.resume_from_checkpoint),
+                      check_inputs=False)
     if trainer.is_world_process_zero():
         print(f"Saved the packed ternary model to {targs.output_dir} after {trainer.state.global_step} steps "
               f"(latent weights of resumable checkpoints: {targs.output_dir}/checkpoint-*/).")

@@ -83,6 +83,28 @@ def _tasks(args: argparse.Namespace) -> list:
     return tasks
 
 
+def check_eval_arguments(args: argparse.Namespace) -> None:
+    """Before any model is loaded or task run: the model sources, the user task files and `--out`."""
+    import os
+    from pathlib import Path
+
+    from ..training.recipe import check_model_source
+
+    check_model_source(args.model, "MODEL")
+    check_model_source(args.baseline, "--baseline")
+    for path in [*args.pairs, *args.classification, *(f for triple in args.retrieval for f in triple)]:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"task file {path} does not exist.")
+    if args.out:
+        out = Path(args.out).expanduser()
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} is an existing file; pass a folder for results.json, results.md and the "
+                             "plot.")
+        parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
+        if not os.access(parent, os.W_OK):
+            raise ValueError(f"--out {out}: {parent} is not writable; pass a folder you can write to.")
+
+
 def run(args: argparse.Namespace) -> int:
     from ternary_hf.evaluation.models import load_model
     from ternary_hf.evaluation.report import report_markdown, save_report
@@ -93,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
             from ternary_hf.defaults import default_model_path
 
             args.model = default_model_path()
+        check_eval_arguments(args)
         tasks = _tasks(args)
         model = load_model(
             args.model, quantize=args.quantize, device=args.device, max_seq_length=args.max_seq_length

@@ -36,23 +36,64 @@ _FILE_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".csv": "cs
 def _load_files(paths: Sequence[str]) -> Any:
     import datasets
 
-    kinds = set()
-    for path in paths:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"distillation data file {path} does not exist.")
-        ext = os.path.splitext(path)[1].lower()
-        if ext not in _FILE_BUILDERS:
-            raise ValueError(
-                f"{path}: unsupported file type {ext!r}; use .txt (one text per line), .jsonl/.json or .csv/.tsv."
-            )
-        kinds.add(_FILE_BUILDERS[ext])
+    check_text_files(paths)
+    kinds = {_FILE_BUILDERS[os.path.splitext(path)[1].lower()] for path in paths}
     if len(kinds) > 1:
         raise ValueError(f"distillation data files mix formats ({', '.join(sorted(kinds))}); use one format.")
     kind = kinds.pop()
     kwargs: dict[str, Any] = {}
     if kind == "csv" and all(p.lower().endswith(".tsv") for p in paths):
         kwargs["delimiter"] = "\t"
-    return datasets.load_dataset(kind, data_files=list(paths), split="train", **kwargs)
+    try:
+        return datasets.load_dataset(kind, data_files=list(paths), split="train", **kwargs)
+    except Exception as exc:  # datasets wraps parser errors in DatasetGenerationError, without the file
+        cause = exc.__cause__ or exc
+        raise ValueError(f"cannot read text data from {', '.join(paths)}: {type(cause).__name__}: {cause}") from exc
+
+
+def check_text_files(paths: Sequence[str | os.PathLike]) -> None:
+    """Before any work: every text data file exists, has a supported type and parses (file and line named)."""
+    for path in map(os.fspath, paths):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"text data file {path} does not exist.")
+        ext = os.path.splitext(path)[1].lower()
+        if ext not in _FILE_BUILDERS:
+            raise ValueError(f"{path}: unsupported file type {ext!r}; use .txt (one text per line), .jsonl/.json or "
+                             ".csv/.tsv.")
+        _check_text_file(path, ext)
+
+
+def _check_text_file(path: str, ext: str) -> None:
+    """Name the file and the line of what `datasets` would only report as a `DatasetGenerationError`."""
+    import json
+
+    raw = open(path, "rb").read()
+    if not raw.strip():
+        raise ValueError(f"text data file {path} is empty (or only blank lines): it holds no text to use.")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ValueError(f"{path} line {line}: not UTF-8 text ({exc.reason}); save the file as UTF-8.") from None
+    if ext not in (".jsonl", ".json"):
+        return
+    if ext == ".json":
+        try:
+            json.loads(text)
+            return  # one JSON document (a list of records)
+        except ValueError:
+            pass  # JSON lines in a .json file, checked below
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise ValueError(f"{path} line {number}: not valid JSON ({exc}); each line must be one JSON object "
+                             'such as {"text": "..."}.') from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path} line {number}: expected a JSON object such as {{\"text\": \"...\"}}, got "
+                             f"{type(record).__name__}.")
 
 
 def _resolve_columns(column_names: list[str], text_column: str | Sequence[str] | None) -> list[str]:
@@ -96,10 +137,13 @@ def load_texts(source: Any, text_column: str | Sequence[str] | None = None) -> A
         if "train" not in source:
             raise ValueError(f"DatasetDict has no 'train' split (splits: {list(source)}); pass the split to use.")
         source = source["train"]
+    files: list[str] = []
     if isinstance(source, (str, os.PathLike)):
-        source = _load_files([os.fspath(source)])
+        files = [os.fspath(source)]
     elif isinstance(source, (list, tuple)) and source and all(isinstance(s, os.PathLike) for s in source):
-        source = _load_files([os.fspath(s) for s in source])
+        files = [os.fspath(s) for s in source]
+    if files:
+        source = _load_files(files)
     elif isinstance(source, (list, tuple)):
         if not all(isinstance(s, str) for s in source):
             bad = next(i for i, s in enumerate(source) if not isinstance(s, str))
@@ -112,7 +156,10 @@ def load_texts(source: Any, text_column: str | Sequence[str] | None = None) -> A
         )
     if len(source) == 0:
         raise ValueError("the distillation dataset is empty: there is nothing to distil on.")
-    columns = _resolve_columns(source.column_names, text_column)
+    try:
+        columns = _resolve_columns(source.column_names, text_column)
+    except ValueError as exc:
+        raise ValueError(f"{', '.join(files)}: {exc}" if files else str(exc)) from None
     texts: list[str] = []
     for column in columns:
         for row, value in enumerate(source[column]):

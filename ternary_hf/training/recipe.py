@@ -184,6 +184,71 @@ def build_distillation(
                                       callbacks=callbacks)
 
 
+def check_model_source(source: str | None, flag: str) -> None:
+    """Before any work: `source` must be a saved model folder, or something shaped like a Hub id (and, offline,
+    one in the local cache). Raises `ValueError` saying which and what to pass; `flag` names the argument."""
+    import os
+    from pathlib import Path
+
+    if source is None:
+        return
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir() or not any((path / n).is_file() for n in ("config.json", "modules.json")):
+            raise ValueError(f"{flag} {source} is not a saved model folder (no config.json / modules.json in it); "
+                             "pass the folder written by save_pretrained / model.save, or a Hub id 'org/name'.")
+        return
+    if source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source:
+        raise ValueError(f"{flag} {source}: no such folder. Pass an existing model folder or a Hub id 'org/name'.")
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(source, "config.json"), str):
+            raise ValueError(f"{flag} {source}: no such folder, and with HF_HUB_OFFLINE set the Hub model {source!r} "
+                             "is not in the local cache. Pass an existing model folder, or download it first.")
+
+
+def check_distillation_inputs(recipe: RecipeArguments, distillation_args: DistillationArguments,
+                              training_args: Any) -> None:
+    """Everything that can be checked before the models and the data are loaded: model sources, data files
+    (file and line of the first bad record), the output folder. Raises `ValueError` / `FileNotFoundError`."""
+    from pathlib import Path
+
+    from .data import check_text_files
+
+    check_model_source(recipe.model, "--model")
+    check_model_source(getattr(distillation_args, "teacher", None), "--teacher")
+    check_text_files([s for s in recipe.data if s not in (WORDNET, WIKIPEDIA)])
+    out = Path(training_args.output_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output_dir {out} is an existing file; pass a folder path.")
+
+
+def save_final_model(trainer: Any, output_dir: str) -> None:
+    """Write the final packed model into a temporary folder next to `output_dir`, then move its files into
+    `output_dir` (which also holds the resumable checkpoint-*/ folders, so it cannot be swapped as a whole): a
+    failure while writing (full disk, a bad tensor) leaves the previous files of `output_dir` untouched."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from ..fileio import publish_directory
+
+    if not trainer.args.should_save:  # other ranks take part in the collective calls and write nothing
+        trainer.save_model(output_dir)
+        return
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        trainer.save_model(str(stage))
+        # config.json last: until then a reader sees the previous model's config.
+        for entry in sorted(stage.iterdir(), key=lambda p: p.name == "config.json"):
+            publish_directory(entry, out / entry.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def distill(
     recipe: RecipeArguments | None = None,
     distillation_args: DistillationArguments | None = None,
@@ -191,17 +256,21 @@ def distill(
     data: Any = None,
     callbacks: list | None = None,
     resume_from_checkpoint: str | bool | None = None,
+    check_inputs: bool = True,
 ) -> Any:
     """Distil with the recipe and save the packed model to `training_args.output_dir`; returns the trainer.
 
     Defaults: the bundled MiniLM on the recipe data (`RecipeArguments()`), `recipe_distillation_arguments()` and
     `recipe_training_arguments("out/distilled")`. `resume_from_checkpoint=True` resumes from the newest complete
-    checkpoint of the output folder.
+    checkpoint of the output folder. Inputs are checked (`check_distillation_inputs`) before anything is loaded
+    unless `check_inputs=False` (the caller already did); the final model is written through a staged folder.
     """
     recipe = recipe or RecipeArguments()
     distillation_args = distillation_args or recipe_distillation_arguments()
     training_args = training_args or recipe_training_arguments("out/distilled")
+    if check_inputs:
+        check_distillation_inputs(recipe, distillation_args, training_args)
     trainer = build_distillation(recipe, distillation_args, training_args, data=data, callbacks=callbacks)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
-    trainer.save_model(training_args.output_dir)
+    save_final_model(trainer, training_args.output_dir)
     return trainer
