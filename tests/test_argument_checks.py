@@ -125,7 +125,10 @@ def test_quantize_output_dir_that_is_a_file_or_a_foreign_folder(tmp_path, no_wor
 
 def test_eval_out_existing_file_fails_before_any_work(tmp_path, no_work, capsys):
     """Before: the whole evaluation ran, then writing results.json failed."""
-    from ternary_hf.commands.eval import main
+    from ternary_hf import cli
+
+    def main(argv):
+        return cli.main(["eval", *argv])
 
     target = tmp_path / "results"
     target.write_text("x")
@@ -134,7 +137,10 @@ def test_eval_out_existing_file_fails_before_any_work(tmp_path, no_work, capsys)
 
 
 def test_eval_missing_task_file_fails_before_any_work(tmp_path, no_work, capsys):
-    from ternary_hf.commands.eval import main
+    from ternary_hf import cli
+
+    def main(argv):
+        return cli.main(["eval", *argv])
 
     assert main(["--pairs", str(tmp_path / "missing.csv")]) == 2
     assert "missing.csv does not exist" in capsys.readouterr().err

@@ -235,7 +235,10 @@ def test_renamed_layouts_verify(tmp_path, original_format):
 @pytest.mark.parametrize("case", ["flipped", "code3", "nan_scale", "missing"])
 def test_push_validation_refuses_corrupt_checkpoints(packed_dir, case, capsys):
     from ternary_hf.checkpoint import CheckpointError
-    from ternary_hf.commands.push import main as push_main
+    from ternary_hf import cli
+
+    def push_main(argv):
+        return cli.main(["push", *argv])
 
     f = packed_dir / "model.safetensors"
     if case == "flipped":
