@@ -22,14 +22,14 @@ from .registry import (
     check_backend_name,
     clear_kernel_cache,
     get_backend,
-    prepare,
     register_backend,
     resolve_backend,
     ternary_linear,
     use_backend,
 )
 from . import reference, dense, cpu_int8, cuda  # noqa: E402,F401  (register the backends)
-from .fused_layer import fused_layer_count, fused_layers, install_fused_layers, uninstall_fused_layers  # noqa: E402
+from .fused_layer import fused_layer_count, fused_layers  # noqa: E402
+from .install import install_fused_layers, prepare, uninstall_fused_layers  # noqa: E402
 
 __all__ = [
     "Backend",

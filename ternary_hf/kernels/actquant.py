@@ -19,23 +19,14 @@ of each token in float brought the sentence embeddings ~9x closer to float activ
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
 from ..config import ACTIVATION_QUANTS, MAX_ACTIVATION_OUTLIERS
+from . import native
+from .token_quant import TokenQuant
 
 QMAX = 127
 _EPS = 1e-8
-
-
-class TokenQuant(NamedTuple):
-    """Per-token int8 activations of a `[..., K]` input."""
-
-    q: torch.Tensor  # int8 [..., K], 0 at the outlier positions
-    scale: torch.Tensor  # float32 [..., 1]
-    outlier_index: torch.Tensor | None  # int64 [..., n] (None when n = 0)
-    outlier_value: torch.Tensor | None  # float32 [..., n]
 
 
 def check_activation_quant(value: str) -> str:
@@ -78,8 +69,6 @@ def _quantize_tokens_fast(x: torch.Tensor, outliers: int) -> TokenQuant:
     """`quantize_per_token` through the compiled kernel where there is one (CPU; same bits, one pass per
     token instead of a dozen eager ops), else the reference itself."""
     if x.device.type == "cpu" and x.numel():
-        from . import native  # native imports this module: import on use
-
         if native.native_lib() is not None:
             k = x.shape[-1]
             tq = native.quantize_rows(x.detach().reshape(-1, k).float().contiguous(), outliers)

@@ -266,15 +266,10 @@ def _plan_for(layer: nn.Module) -> _Plan | None:
                  bypassed, gelu, structure, hook_dicts, 0, numerics)
 
 
-def install_fused_layers(model: nn.Module) -> int:
-    """Give every fusable encoder layer of `model` the fused CPU forward, and a BERT model whose layers all
-    fuse the whole-model forward (`fused_model.py`) (idempotent; the own forwards still run whenever the fused
-    ones do not apply). Returns the number of fused layers."""
-    from .fused_model import install_fused_model
-
-    n = install_forward(model, _PLAN_ATTR, _plan_for, _fused_forward)
-    install_fused_model(model)
-    return n
+def install_layer_plans(model: nn.Module) -> int:
+    """Give every fusable encoder layer of `model` the fused CPU forward (idempotent; the own forwards still run
+    whenever the fused ones do not apply). Returns the number of fused layers."""
+    return install_forward(model, _PLAN_ATTR, _plan_for, _fused_forward)
 
 
 def install_forward(model: nn.Module, attr: str, plan_for: Any, forward: Any) -> int:
@@ -303,11 +298,8 @@ def uninstall_forward(model: nn.Module, attr: str) -> int:
     return n
 
 
-def uninstall_fused_layers(model: nn.Module) -> int:
-    """Restore the original forward of every fused layer (and fused model). Returns how many layers."""
-    from .fused_model import uninstall_fused_model
-
-    uninstall_fused_model(model)
+def uninstall_layer_plans(model: nn.Module) -> int:
+    """Restore the original forward of every fused layer. Returns how many."""
     return uninstall_forward(model, _PLAN_ATTR)
 
 

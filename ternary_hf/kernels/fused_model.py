@@ -31,7 +31,8 @@ from torch import nn
 
 from . import native
 from .fused_layer import (_ENABLED, _FUSABLE_BACKENDS, _NUMERICS, _PLAN_ATTR, _Plan, _has_hooks, _output_collector,
-                          _workspace, copy_plan, dispatch_unchanged, install_forward, switch, uninstall_forward)
+                          _is_packed_int8, _workspace, copy_plan, dispatch_unchanged, install_forward, switch,
+                          uninstall_forward)
 from .registry import _OVERRIDE, get_backend, kernel_state
 
 MODEL_CLASSES = frozenset({"BertModel"})
@@ -153,8 +154,6 @@ class _ModelPlan:
 
 
 def _pooler_is_native(pooler: nn.Module | None) -> bool:
-    from .fused_layer import _is_packed_int8
-
     return (pooler is not None and type(pooler).__name__ == "BertPooler" and _is_packed_int8(pooler.dense)
             and isinstance(pooler.activation, nn.Tanh))
 

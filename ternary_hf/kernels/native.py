@@ -35,7 +35,7 @@ from typing import Callable
 
 import torch
 
-from .actquant import TokenQuant
+from .token_quant import TokenQuant
 
 logger = logging.getLogger(__name__)
 

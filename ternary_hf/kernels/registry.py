@@ -168,23 +168,3 @@ class _StraightThrough(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[1]:
             grad_bias = grad_y.reshape(-1, grad_y.shape[-1]).sum(0).to(ctx.layer.bias.dtype)
         return grad_x, grad_bias, None, None, None
-
-
-def prepare(model: torch.nn.Module, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> int:
-    """Build every packed `TernaryLinear`'s kernel state now (at load) instead of on the first forward, and
-    give BERT-family encoder layers the fused CPU forward (`fused_layer.py`; it only runs where it applies).
-    Uses the backend a forward on `device` (default: where the layer's weights are) would use.
-    Returns the number of layers prepared."""
-    from .fused_layer import install_fused_layers
-
-    install_fused_layers(model)
-    n = 0
-    for m in model.modules():
-        if getattr(m, "is_packed", False) and hasattr(m, "weight_scale"):
-            dev = torch.device(device) if device is not None else m.weight.device
-            dt = dtype or m.weight_scale.dtype
-            probe = torch.empty(0, m.in_features, device=dev, dtype=dt)
-            backend = resolve_backend(m, probe)
-            kernel_state(m, backend, dev, dt)
-            n += 1
-    return n
