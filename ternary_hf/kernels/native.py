@@ -57,7 +57,8 @@ def load_library(march: str | None = None) -> ctypes.CDLL:
     lib.tq_rescale_add_layernorm.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, cint, ptr, ptr, ptr, f32,
                                              ptr, cint]
     lib.tq_rescale_add_layernorm.restype = None
-    lib.tq_attention.argtypes = [ptr, i64, i64, i64, i64, i64, i64, i64, i64, ptr, i64, i64, f32, ptr, cint]
+    lib.tq_attention.argtypes = [ptr, i64, i64, i64, i64, i64, i64, i64, i64, i64, ctypes.POINTER(TqAttnMask), f32,
+                                 ptr, cint]
     lib.tq_attention.restype = None
     lib.tq_rescale_gelu_quantize.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, cint, ptr, ptr, ptr, ptr,
                                              cint]
@@ -73,6 +74,14 @@ def load_library(march: str | None = None) -> ctypes.CDLL:
     lib.tq_bert_encoder.argtypes = [ctypes.POINTER(TqEmbeddings), layers, i64, ptr, ptr, ptr, ptr, i64, i64, ptr, ptr,
                                     cint]
     lib.tq_bert_encoder.restype = cint
+    lib.tq_residual_norm.argtypes = [ptr, ptr, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, cint, ptr, ptr, cint, ptr, ptr,
+                                     f32, ptr, ptr, ptr, ptr, ptr, cint, cint]
+    lib.tq_residual_norm.restype = None
+    lib.tq_rescale_act_quantize.argtypes = [ptr, i64, i64, cint, cint, ptr, ptr, ptr, ptr, ptr, ptr, cint, ptr, ptr,
+                                            ptr, ptr, cint, cint]
+    lib.tq_rescale_act_quantize.restype = None
+    lib.tq_heads_norm_rope.argtypes = [ptr, i64, i64, i64, i64, i64, i64, ptr, f32, ptr, ptr, i64, i64, cint]
+    lib.tq_heads_norm_rope.restype = None
     lib.tq_linear_rows.argtypes, lib.tq_linear_rows.restype = [ctypes.POINTER(TqLinear), ptr, i64, i64, ptr, cint], None
     return lib
 
@@ -197,24 +206,129 @@ def rescale_gelu_quantize(acc: torch.Tensor, tq: TokenQuant, codes: torch.Tensor
     return TokenQuant(q, scale, index, value)
 
 
+class TqAttnMask(ctypes.Structure):
+    """C `TqAttnMask`: additive mask and bias of the attention scores (see `attention`)."""
+
+    _fields_ = [("mask", ctypes.c_void_p), ("mb", ctypes.c_int64), ("mh", ctypes.c_int64), ("mq", ctypes.c_int64),
+                ("bias", ctypes.c_void_p), ("bb", ctypes.c_int64), ("bh", ctypes.c_int64), ("bq", ctypes.c_int64),
+                ("causal", ctypes.c_int64)]
+
+
+def _score_term(t: torch.Tensor | None) -> tuple:
+    """(pointer, batch stride, head stride, query stride) of an additive float32 score term: `[batch, length,
+    length]` or `[batch, heads, length, length]`, any strides (0 to broadcast) with a contiguous last dimension."""
+    if t is None:
+        return None, 0, 0, 0
+    if t.dtype != torch.float32 or t.stride(-1) != 1:
+        raise ValueError(f"attention score terms must be float32 with a contiguous last dimension, got {t.dtype} "
+                         f"strides {t.stride()}")
+    def stride(d: int) -> int:  # a dimension of size 1 broadcasts
+        return 0 if t.shape[d] == 1 else t.stride(d)
+
+    if t.dim() == 3:
+        return t.data_ptr(), stride(0), 0, stride(1)
+    return t.data_ptr(), stride(0), stride(1), stride(2)
+
+
 def attention(qkv: torch.Tensor, batch: int, length: int, heads: int, head_dim: int, offsets: tuple[int, int, int],
-              mask: torch.Tensor | None, scaling: float, out: torch.Tensor | None = None) -> torch.Tensor:
+              mask: torch.Tensor | None, scaling: float, out: torch.Tensor | None = None, *,
+              kv_heads: int | None = None, bias: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
     """Softmax attention of every head over a fused `[batch * length, row]` float32 projection whose query,
-    key and value blocks start at columns `offsets`; `mask` additive float32 `[batch, length, length]`
-    (any strides with a contiguous last dimension) or None. Returns float32 `[batch * length, heads * head_dim]`
-    (written into `out` when given: contiguous, that shape)."""
+    key and value blocks start at columns `offsets` (`heads` query heads, `kv_heads` key/value heads, default
+    `heads`: query head h reads key/value head h // (heads // kv_heads)). Scores: `scaling * q . k + mask + bias`,
+    `mask` and `bias` additive float32 `[batch, length, length]` or `[batch, heads, length, length]` (see
+    `_score_term`) or None; `causal` masks the keys after each query. Returns float32
+    `[batch * length, heads * head_dim]` (written into `out` when given: contiguous, that shape)."""
     lib = native_lib()
+    kv_heads = kv_heads or heads
+    if heads % kv_heads:
+        raise ValueError(f"{heads} query heads cannot share {kv_heads} key/value heads evenly")
     if out is None:
         out = torch.empty((batch * length, heads * head_dim), dtype=torch.float32)
-    mb = mq = 0
-    if mask is not None:
-        mb, mq = mask.stride(0), mask.stride(1)
+    am = TqAttnMask(*_score_term(mask), *_score_term(bias), int(causal))
     lib.tq_attention(
-        qkv.data_ptr(), batch, length, heads, head_dim, qkv.stride(0), *offsets,
-        mask.data_ptr() if mask is not None else None, mb, mq, float(scaling), out.data_ptr(),
-        torch.get_num_threads(),
+        qkv.data_ptr(), batch, length, heads, kv_heads, head_dim, qkv.stride(0), *offsets, ctypes.byref(am),
+        float(scaling), out.data_ptr(), torch.get_num_threads(),
     )
     return out
+
+
+NORM_KINDS = {None: 0, "layer": 1, "rms": 2}
+ACTIVATIONS = {"gelu": 0, "gelu_tanh": 1, "silu": 2, "relu": 3}
+
+
+def _opt(t: torch.Tensor | None):
+    return t.data_ptr() if t is not None else None
+
+
+def _new_token_quant(m: int, n: int, outliers: int) -> TokenQuant:
+    """Output buffers of a fused quantization: `q` in this thread's scratch buffer (read by the next GEMM only)."""
+    outliers = min(outliers, n)
+    return TokenQuant(scratch_int8(m * n).view(m, n), torch.empty((m, 1), dtype=torch.float32),
+                      torch.empty((m, outliers), dtype=torch.int64) if outliers else None,
+                      torch.empty((m, outliers), dtype=torch.float32) if outliers else None)
+
+
+def residual_norm(acc: torch.Tensor | None, x: torch.Tensor | None, rescale: tuple | None, *,
+                  residual: torch.Tensor | None = None, stream: torch.Tensor | None = None, norm: str | None = None,
+                  gamma: torch.Tensor | None = None, beta: torch.Tensor | None = None, eps: float = 0.0,
+                  y: torch.Tensor | None = None, quantize_outliers: int | None = None) -> TokenQuant | None:
+    """`tq_residual_norm` (see csrc/tq_blocks.h): v = rescale(acc) or x; + residual; -> stream; norm; -> y; and,
+    with `quantize_outliers`, the per-token int8 quantization of the result (returned; `q` in scratch).
+    `rescale` = (tq, codes, weight_scale, bias) of the linear that produced `acc`. All float32 `[M, N]`
+    contiguous (`y` may be `stream` or `x`)."""
+    lib = native_lib()
+    m, n = (acc if acc is not None else x).shape
+    ws = a = bias = codes = oidx = oval = None
+    nout_in = 0
+    if acc is not None:
+        tq_in, codes_t, ws_t, bias_t = rescale
+        oidx, oval, nout_in = _outlier_args(tq_in)
+        ws, a, bias, codes = ws_t.data_ptr(), tq_in.scale.data_ptr(), _opt(bias_t), codes_t.data_ptr()
+    tq = _new_token_quant(m, n, quantize_outliers) if quantize_outliers is not None else None
+    lib.tq_residual_norm(
+        _opt(acc), _opt(x), m, n, ws, a, bias, codes, oidx, oval, nout_in, _opt(residual), _opt(stream),
+        NORM_KINDS[norm], _opt(gamma), _opt(beta), float(eps), _opt(y),
+        _opt(tq.q) if tq else None, _opt(tq.scale) if tq else None, _opt(tq.outlier_index) if tq else None,
+        _opt(tq.outlier_value) if tq else None, 0 if tq is None or tq.outlier_index is None else tq.outlier_index.shape[1],
+        torch.get_num_threads(),
+    )
+    return tq
+
+
+def rescale_act_quantize(acc: torch.Tensor, rescale: tuple, activation: str, glu: bool, outliers: int) -> TokenQuant:
+    """`tq_rescale_act_quantize`: the int32 `[M, W]` product of the feed-forward input linear -> rescale ->
+    `act(h[:, :N]) * h[:, N:]` (glu, N = W / 2) or `act(h)` -> per-token int8 `[M, N]` (returned; `q` in
+    scratch; `acc` is overwritten)."""
+    lib = native_lib()
+    m, w = acc.shape
+    n = w // 2 if glu else w
+    tq_in, codes, ws, bias = rescale
+    oidx, oval, nout_in = _outlier_args(tq_in)
+    tq = _new_token_quant(m, n, outliers)
+    lib.tq_rescale_act_quantize(
+        acc.data_ptr(), m, n, int(glu), ACTIVATIONS[activation], ws.data_ptr(), tq_in.scale.data_ptr(), _opt(bias),
+        codes.data_ptr(), oidx, oval, nout_in, tq.q.data_ptr(), tq.scale.data_ptr(), _opt(tq.outlier_index),
+        _opt(tq.outlier_value), 0 if tq.outlier_index is None else tq.outlier_index.shape[1], torch.get_num_threads(),
+    )
+    return tq
+
+
+def heads_norm_rope(x: torch.Tensor, batch: int, length: int, offset: int, heads: int, head_dim: int,
+                    gamma: torch.Tensor | None = None, eps: float = 0.0, cos: torch.Tensor | None = None,
+                    sin: torch.Tensor | None = None) -> None:
+    """In place on `heads` heads starting at column `offset` of float32 `[batch * length, row]` `x`: per-head
+    RMSNorm (`gamma` `[head_dim]`), then rotary embedding with `cos` / `sin` `[batch or 1, length, head_dim]`
+    (float32, contiguous last dimension)."""
+    lib = native_lib()
+    cb = ct = 0
+    if cos is not None:
+        if cos.dtype != torch.float32 or sin.dtype != torch.float32 or cos.stride() != sin.stride() or cos.stride(-1) != 1:
+            raise ValueError("rotary cos / sin must be float32 with the same strides and a contiguous last dimension")
+        cb = cos.stride(0) if cos.shape[0] > 1 else 0
+        ct = cos.stride(1)
+    lib.tq_heads_norm_rope(x.data_ptr(), batch, length, x.stride(0), offset, heads, head_dim, _opt(gamma), float(eps),
+                           _opt(cos), _opt(sin), cb, ct, torch.get_num_threads())
 
 
 # ---------------------------------------------------------------- the ternary GEMM and the whole-layer call

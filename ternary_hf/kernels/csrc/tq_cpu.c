@@ -250,10 +250,18 @@ static inline int64_t attention_scratch(int64_t L, int64_t D) {
     return D * (Lp + TQ_SKEW) + L * (Dp + TQ_SKEW) + TQ_ROWS * (D + TQ_SKEW) + TQ_ROWS * (Lp + TQ_SKEW) + 3 * TQ_SKEW;
 }
 
+/* What is added to the scores of sequence b, head h, query t, key j: two optional additive terms (a mask, and a bias
+   such as MPNet's relative positions), each at base + b * sb + h * sh + t * sq + j (strides may be 0 for
+   broadcasting), and with `causal` the keys after the query are masked out. */
+typedef struct {
+    const float* mask; int64_t mb, mh, mq;
+    const float* bias; int64_t bb, bh, bq;
+    int64_t causal;
+} TqAttnMask;
+
 static __attribute__((noinline)) TQ_FUSE void attention_head(
-        const float* qkv, int64_t b, int64_t h, int64_t L, int64_t NH, int64_t D, int64_t row, int64_t qo,
-        int64_t ko, int64_t vo, const float* mask, int64_t mb, int64_t mq, float scaling, float* out,
-        float* scratch) {
+        const float* qkv, int64_t b, int64_t h, int64_t kh, int64_t L, int64_t NH, int64_t D, int64_t row,
+        int64_t qo, int64_t ko, int64_t vo, const TqAttnMask* am, float scaling, float* out, float* scratch) {
     const int64_t Lp = (L + 31) / 32 * 32, Dp = (D + 31) / 32 * 32;
     const int64_t ks = Lp + TQ_SKEW, vs = Dp + TQ_SKEW, qd = D + TQ_SKEW, ss = Lp + TQ_SKEW;  /* row strides */
     /* disjoint slices of one buffer: `restrict` gives the compiler what separate allocations would */
@@ -264,8 +272,8 @@ static __attribute__((noinline)) TQ_FUSE void attention_head(
     float inv[TQ_ROWS];
     const float* base = qkv + b * L * row;
     for (int64_t j = 0; j < L; ++j) {
-        const float* kr = base + j * row + ko + h * D;
-        const float* vr = base + j * row + vo + h * D;
+        const float* kr = base + j * row + ko + kh * D;  /* kh: the key/value head this query head reads */
+        const float* vr = base + j * row + vo + kh * D;
         for (int64_t d = 0; d < D; ++d) { kt[d * ks + j] = kr[d]; vv[j * vs + d] = vr[d]; }
         for (int64_t d = D; d < Dp; ++d) vv[j * vs + d] = 0.0f;
     }
@@ -289,10 +297,15 @@ static __attribute__((noinline)) TQ_FUSE void attention_head(
             float* sr = sc + r * ss;
             inv[r] = 0.0f;
             if (r >= nt) { for (int64_t j = 0; j < L; ++j) sr[j] = 0.0f; continue; }
-            if (mask) {
-                const float* mr = mask + b * mb + (t0 + r) * mq;
+            if (am->mask) {
+                const float* mr = am->mask + b * am->mb + h * am->mh + (t0 + r) * am->mq;
                 for (int64_t j = 0; j < L; ++j) sr[j] += mr[j];
             }
+            if (am->bias) {
+                const float* br = am->bias + b * am->bb + h * am->bh + (t0 + r) * am->bq;
+                for (int64_t j = 0; j < L; ++j) sr[j] += br[j];
+            }
+            if (am->causal) for (int64_t j = t0 + r + 1; j < L; ++j) sr[j] = -INFINITY;
             float mx = -INFINITY;
             #pragma omp simd reduction(max:mx)
             for (int64_t j = 0; j < L; ++j) mx = sr[j] > mx ? sr[j] : mx;
@@ -315,16 +328,18 @@ static __attribute__((noinline)) TQ_FUSE void attention_head(
     }
 }
 
-void tq_attention(const float* qkv, int64_t B, int64_t L, int64_t NH, int64_t D, int64_t row,
-                  int64_t qo, int64_t ko, int64_t vo, const float* mask, int64_t mb, int64_t mq,
-                  float scaling, float* out, int nthreads) {
+/* Every head of every sequence; NKV key/value heads (grouped-query attention: query head h reads key/value head
+   h / (NH / NKV); NKV = NH is plain multi-head attention). */
+void tq_attention(const float* qkv, int64_t B, int64_t L, int64_t NH, int64_t NKV, int64_t D, int64_t row,
+                  int64_t qo, int64_t ko, int64_t vo, const TqAttnMask* am, float scaling, float* out, int nthreads) {
+    const int64_t group = NH / NKV;
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && B * NH > 1 && B * NH * L * L * D >= 4194304)
     {
         float* scratch = (float*)malloc(sizeof(float) * (size_t)attention_scratch(L, D));
         #pragma omp for schedule(static) collapse(2)
         for (int64_t b = 0; b < B; ++b)
             for (int64_t h = 0; h < NH; ++h)
-                attention_head(qkv, b, h, L, NH, D, row, qo, ko, vo, mask, mb, mq, scaling, out, scratch);
+                attention_head(qkv, b, h, h / group, L, NH, D, row, qo, ko, vo, am, scaling, out, scratch);
         free(scratch);
     }
 }
@@ -607,8 +622,9 @@ static void st_attention(void* ctx, int64_t item, int tid) {
     const LayerCall* c = (const LayerCall*)ctx;
     const TqLayer* L = c->L;
     const int64_t inner = L->heads * L->head_dim;
-    attention_head((const float*)c->w->big, item / L->heads, item % L->heads, c->T, L->heads, L->head_dim, L->qkv.N,
-                   0, inner, 2 * inner, c->mask, c->mb, c->mq, L->scaling, c->w->ctx,
+    const TqAttnMask am = {c->mask, c->mb, 0, c->mq, NULL, 0, 0, 0, 0};
+    attention_head((const float*)c->w->big, item / L->heads, item % L->heads, item % L->heads, c->T, L->heads,
+                   L->head_dim, L->qkv.N, 0, inner, 2 * inner, &am, L->scaling, c->w->ctx,
                    (float*)(c->w->scratch + tid * c->w->per_thread));
 }
 
@@ -824,3 +840,4 @@ void tq_linear_rows(const TqLinear* W, const float* x, int64_t M, int64_t ldx, f
     }
     free(q); free(rowsum); free(scale); free(oidx); free(oval); free(acc); free(o); free(mag);
 }
+#include "tq_blocks.h"
