@@ -33,7 +33,7 @@ from torch import nn
 from . import native
 from .families import DESCRIBERS, LayerInputs, LayerSpec, Norm, load_all
 from .fused_layer import (_ENABLED, _FUSABLE_BACKENDS, _NUMERICS, _PLAN_ATTR, _has_hooks, _is_packed_int8,
-                          _output_collector, dispatch_unchanged, install_forward, uninstall_forward)
+                          _output_collector, _workspace, dispatch_unchanged, install_forward, uninstall_forward)
 from .registry import _OVERRIDE, get_backend, kernel_state
 
 _GENERIC_ATTR = "_ternary_generic_plan"
@@ -259,8 +259,11 @@ def _norm_args(n: Norm | None) -> dict:
             "eps": n.eps}
 
 
-def _gemm(q: torch.Tensor, w: _Weights) -> torch.Tensor:
-    return native.gemm(q, w.panels, w.n)
+def _gemm(q: torch.Tensor, w: _Weights, buffer: str) -> torch.Tensor:
+    """The int32 product in a per-thread buffer reused across calls (fresh multi-megabyte tensors cost page
+    faults on every forward; see fused_layer's `_workspace`)."""
+    m = q.shape[0]
+    return native.gemm(q, w.panels, w.n, out=_workspace.get(buffer, m * w.n, torch.int32).view(m, w.n))
 
 
 def _rescale(tq, w: _Weights) -> tuple:
@@ -281,7 +284,7 @@ def run_layer(plan: GenericPlan, hidden: torch.Tensor, mask: torch.Tensor | None
         tq = native.residual_norm(None, x, None, quantize_outliers=qkv_w.outliers, **_norm_args(s.attn_norm))
     else:
         tq = native.quantize_rows(x, qkv_w.outliers, reuse_buffer=True)
-    qkv = native.rescale_(_gemm(tq.q, qkv_w), tq, qkv_w.codes, qkv_w.scale, qkv_w.bias)
+    qkv = native.rescale_(_gemm(tq.q, qkv_w, "g_qkv"), tq, qkv_w.codes, qkv_w.scale, qkv_w.bias)
     q_width, kv_width = s.heads * s.head_dim, s.kv_heads * s.head_dim
     if s.rope or s.q_norm is not None:
         cos, sin = extra.rope if s.rope else (None, None)
@@ -293,20 +296,21 @@ def run_layer(plan: GenericPlan, hidden: torch.Tensor, mask: torch.Tensor | None
         kv = qkv.view(batch, length, -1)[..., q_width:].view(batch, length, 2, s.kv_heads, s.head_dim)
         cache.update(kv[:, :, 0].transpose(1, 2).clone(), kv[:, :, 1].transpose(1, 2).clone(), idx)
     context = native.attention(qkv, batch, length, s.heads, s.head_dim, (0, q_width, q_width + kv_width), mask,
-                               s.scaling, kv_heads=s.kv_heads, bias=extra.bias, causal=s.causal)
+                               s.scaling, kv_heads=s.kv_heads, bias=extra.bias, causal=s.causal,
+                               out=_workspace.get("g_context", m * q_width, torch.float32).view(m, q_width))
 
     tq = native.quantize_rows(context, out_w.outliers, reuse_buffer=True)
-    acc = _gemm(tq.q, out_w)
-    h = torch.empty((m, width), dtype=torch.float32)
+    acc = _gemm(tq.q, out_w, "g_out")
+    h = _workspace.get("g_h", m * width, torch.float32).view(m, width)
     if s.norm_first:  # h = x + attention; the feed-forward reads norm2(h)
         tq = native.residual_norm(acc, None, _rescale(tq, out_w), residual=x, stream=h,
                                   quantize_outliers=in_w.outliers, **_norm_args(s.mlp_norm))
     else:  # h = norm1(x + attention)
         tq = native.residual_norm(acc, None, _rescale(tq, out_w), residual=x, y=h, quantize_outliers=in_w.outliers,
                                   **_norm_args(s.attn_norm))
-    acc = _gemm(tq.q, in_w)
+    acc = _gemm(tq.q, in_w, "g_in")
     tq = native.rescale_act_quantize(acc, _rescale(tq, in_w), s.activation, s.glu, last_w.outliers)
-    acc = _gemm(tq.q, last_w)
+    acc = _gemm(tq.q, last_w, "g_out")
     y = torch.empty((m, width), dtype=torch.float32)
     native.residual_norm(acc, None, _rescale(tq, last_w), residual=h, y=y,
                          **({} if s.norm_first else _norm_args(s.mlp_norm)))

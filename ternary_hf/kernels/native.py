@@ -374,12 +374,15 @@ def pack_gemm_weights(codes: torch.Tensor) -> torch.Tensor:
     return (u[:, :, 0] | (u[:, :, 1] << 2) | (u[:, :, 2] << 4) | (u[:, :, 3] << 6)).contiguous()
 
 
-def gemm(q: torch.Tensor, panels: torch.Tensor, n: int, lib: ctypes.CDLL | None = None) -> torch.Tensor:
-    """Exact int32 `q @ codes` for int8 `q` `[M, K]` and `panels = pack_gemm_weights(codes)` (`n` columns)."""
+def gemm(q: torch.Tensor, panels: torch.Tensor, n: int, lib: ctypes.CDLL | None = None,
+         out: torch.Tensor | None = None) -> torch.Tensor:
+    """Exact int32 `q @ codes` for int8 `q` `[M, K]` and `panels = pack_gemm_weights(codes)` (`n` columns),
+    written into `out` (contiguous int32 `[M, n]`) when given."""
     lib = lib or native_lib()
     q = q.contiguous()
     m, k = q.shape
-    out = torch.empty((m, n), dtype=torch.int32)
+    if out is None:
+        out = torch.empty((m, n), dtype=torch.int32)
     lib.tq_gemm(q.data_ptr(), m, k, panels.data_ptr(), n, out.data_ptr(), torch.get_num_threads())
     return out
 
