@@ -57,7 +57,7 @@ void tq_residual_norm(const int32_t* acc, const float* x, int64_t M, int64_t N, 
                       const float* residual, float* stream, int norm, const float* gamma, const float* beta,
                       float eps, float* y, int8_t* q, float* scale, int64_t* qidx, float* qval, int nout,
                       int nthreads) {
-    #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && M * N >= 65536)
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && M * N >= TQ_PAR_MIN)
     {
         float* v = (float*)malloc(sizeof(float) * (size_t)N);
         float* o = nout_in ? (float*)malloc(sizeof(float) * (size_t)N) : NULL;
@@ -85,7 +85,7 @@ void tq_rescale_act_quantize(int32_t* acc, int64_t M, int64_t N, int glu, int ac
                              int nout_in, int8_t* q, float* scale, int64_t* qidx, float* qval, int nout,
                              int nthreads) {
     const int64_t W = glu ? 2 * N : N;
-    #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && M * W >= 65536)
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && M * W >= TQ_PAR_MIN)
     {
         float* o = nout_in ? (float*)malloc(sizeof(float) * (size_t)W) : NULL;
         int32_t* mag = nout > 1 ? (int32_t*)malloc(sizeof(int32_t) * (size_t)N) : NULL;
@@ -110,7 +110,7 @@ void tq_heads_norm_rope(float* x, int64_t B, int64_t T, int64_t row, int64_t off
                         const float* gamma, float eps, const float* cos, const float* sin, int64_t cb, int64_t ct,
                         int nthreads) {
     const int64_t half = D / 2;
-    #pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1 && B * T * heads * D >= 65536)
+    #pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1 && B * T * heads * D >= TQ_PAR_MIN)
     for (int64_t m = 0; m < B * T; ++m) {
         const int64_t b = m / T, t = m % T;
         const float* c = cos ? cos + b * cb + t * ct : NULL;

@@ -63,7 +63,7 @@ static inline void quantize_row(const float* xr, int64_t K, int8_t* qr, float* s
 
 void tq_quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* scale,
                       int64_t* oidx, float* oval, int nout, int nthreads) {
-    #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && M * K >= 65536)
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && M * K >= TQ_PAR_MIN)
     {
         int32_t* mag = nout > 1 ? (int32_t*)malloc(sizeof(int32_t) * (size_t)K) : NULL;
         #pragma omp for schedule(static)
@@ -94,7 +94,7 @@ static inline void rescale_row(const int32_t* ar, int64_t N, const float* ws, fl
 /* y[m, :] = rescale_row(acc[m, :]) for every token m. y may be acc itself. */
 void tq_rescale(const int32_t* acc, int64_t M, int64_t N, const float* ws, const float* a, const float* bias,
                 const int8_t* codes, const int64_t* oidx, const float* oval, int nout, float* y, int nthreads) {
-    #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && M * N >= 65536)
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && M * N >= TQ_PAR_MIN)
     {
         float* o = nout ? (float*)malloc(sizeof(float) * (size_t)N) : NULL;
         #pragma omp for schedule(static)
@@ -129,7 +129,7 @@ void tq_rescale_add_layernorm(const int32_t* acc, int64_t M, int64_t N, const fl
                               const float* bias, const int8_t* codes, const int64_t* oidx, const float* oval,
                               int nout, const float* residual, const float* gamma, const float* beta, float eps,
                               float* y, int nthreads) {
-    #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && M * N >= 65536)
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && M * N >= TQ_PAR_MIN)
     {
         float* o = nout ? (float*)malloc(sizeof(float) * (size_t)N) : NULL;
         #pragma omp for schedule(static)
@@ -176,7 +176,7 @@ void tq_rescale_gelu_quantize(int32_t* acc, int64_t M, int64_t N, const float* w
                               const float* bias, const int8_t* codes, const int64_t* oidx, const float* oval,
                               int nout_in, int8_t* q, float* scale, int64_t* qidx, float* qval, int nout,
                               int nthreads) {
-    #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && M * N >= 65536)
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && M * N >= TQ_PAR_MIN)
     {
         float* o = nout_in ? (float*)malloc(sizeof(float) * (size_t)N) : NULL;
         int32_t* mag = nout > 1 ? (int32_t*)malloc(sizeof(int32_t) * (size_t)N) : NULL;
@@ -406,7 +406,7 @@ void tq_gemm(const int8_t* q, int64_t M, int64_t K, const uint8_t* panels, int64
         rowsum[m] = s;
     }
     const TqLinear W = {panels, NULL, NULL, NULL, K, N, 0};
-    #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && M * K * N >= TQ_GEMM_PAR_MIN)
     gemm_team(&W, qp, rowsum, M, c, N);
     free(qp); free(rowsum);
 }
