@@ -38,6 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
+from ternary_hf.fileio import atomic_output_file  # noqa: E402
+
 from cpu_speed import PAUSE_S, batch, lee_documents, machine, minilm_path  # noqa: E402
 
 MPNET = Path(os.environ.get("TERNARY_HF_MPNET", "/work/cache/mpnet/all-mpnet-base-v2"))
@@ -175,8 +177,9 @@ def build_runtimes(row: Row, path: Path, tok, workdir: Path, threads: int, calib
     stem = workdir / path.name.replace(" ", "_")
     onnx_fp32, onnx_int8 = Path(f"{stem}-fp32.onnx"), Path(f"{stem}-int8.onnx")
     try:
-        if not onnx_fp32.exists():
-            export_onnx(AutoModel.from_pretrained(path).eval(), row, onnx_fp32)
+        if not onnx_fp32.exists():  # (atomic writes: another process may be preparing the same row)
+            with atomic_output_file(onnx_fp32, suffix=".onnx") as tmp:
+                export_onnx(AutoModel.from_pretrained(path).eval(), row, tmp)
     except Exception as exc:  # an architecture the legacy exporter cannot trace: reported in the table
         failed["ORT int8"] = failed["OV int8"] = f"ONNX export failed: {type(exc).__name__}: {str(exc)[:120]}"
         traceback.print_exc()
@@ -186,7 +189,8 @@ def build_runtimes(row: Row, path: Path, tok, workdir: Path, threads: int, calib
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         if not onnx_int8.exists():
-            quantize_dynamic(str(onnx_fp32), str(onnx_int8), weight_type=QuantType.QInt8)
+            with atomic_output_file(onnx_int8, suffix=".onnx") as tmp:
+                quantize_dynamic(str(onnx_fp32), str(tmp), weight_type=QuantType.QInt8)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         session = ort.InferenceSession(str(onnx_int8), opts, providers=["CPUExecutionProvider"])
@@ -205,7 +209,10 @@ def build_runtimes(row: Row, path: Path, tok, workdir: Path, threads: int, calib
             items = calibration_items(row, tok, calibration)
             quantized = nncf.quantize(core.read_model(str(onnx_fp32)), nncf.Dataset(items),
                                       model_type=nncf.ModelType.TRANSFORMER, subset_size=len(items))
-            ov.save_model(quantized, str(ov_int8))
+            with atomic_output_file(ov_int8.with_suffix(".bin"), suffix=".bin") as tmp_bin:
+                ov.save_model(quantized, str(tmp_bin.with_suffix(".xml")))
+                tmp_bin.with_suffix(".xml").rename(ov_int8.with_suffix(".xml.part"))
+            os.replace(ov_int8.with_suffix(".xml.part"), ov_int8)  # the xml (read first) only once its .bin is in place
         compiled = core.compile_model(str(ov_int8), "CPU", {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
                                                             "PERFORMANCE_HINT": "LATENCY"})
         request = compiled.create_infer_request()
