@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -194,7 +195,7 @@ def _score_mask(mask: torch.Tensor | None, batch: int, length: int) -> tuple[boo
         return True, None
     key = (id(mask), None if mask.is_inference() else mask._version, batch, length)
     hit = _MASK_CACHE.get("last")
-    if hit is not None and hit[0] == key and hit[1] is mask:
+    if hit is not None and hit[0] == key and hit[1]() is mask:
         return True, hit[2]
     m = mask
     if m.dim() == 2:
@@ -215,7 +216,9 @@ def _score_mask(mask: torch.Tensor | None, batch: int, length: int) -> tuple[boo
         m = m.float()
     if m.stride(-1) != 1:
         m = m.contiguous()
-    _MASK_CACHE["last"] = (key, mask, m)
+    # held only while transformers' mask lives (one forward), never past it: it can be large
+    _MASK_CACHE["last"] = (key, weakref.ref(mask), m)
+    weakref.finalize(mask, _MASK_CACHE.pop, "last", None)
     return True, m
 
 
