@@ -11,22 +11,25 @@ from torch import nn
 
 from .fused_layer import install_layer_plans, uninstall_layer_plans
 from .fused_model import install_fused_model, uninstall_fused_model
+from .generic_layer import install_generic_layers, uninstall_generic_layers
 from .registry import kernel_state, resolve_backend
 
 
 def install_fused_layers(model: nn.Module) -> int:
-    """Give every fusable encoder layer of `model` the fused CPU forward, and a BERT model whose layers all
-    fuse the whole-model forward (`fused_model.py`) (idempotent; the own forwards still run whenever the fused
-    ones do not apply). Returns the number of fused layers."""
+    """Give every fusable encoder layer of `model` the fused CPU forward: BERT-family layers the whole-layer
+    native call (`fused_layer.py`), and a BERT model whose layers all fuse the whole-model forward
+    (`fused_model.py`); layers of the families described in `families/` the general one (`generic_layer.py`).
+    Idempotent; the own forwards still run whenever the fused ones do not apply. Returns the number of fused
+    layers."""
     n = install_layer_plans(model)
     install_fused_model(model)
-    return n
+    return n + install_generic_layers(model)
 
 
 def uninstall_fused_layers(model: nn.Module) -> int:
     """Restore the original forward of every fused layer (and fused model). Returns how many layers."""
     uninstall_fused_model(model)
-    return uninstall_layer_plans(model)
+    return uninstall_layer_plans(model) + uninstall_generic_layers(model)
 
 
 def prepare(model: torch.nn.Module, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> int:
