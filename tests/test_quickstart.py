@@ -279,6 +279,8 @@ def test_evaluation_stage_shows_one_bar_and_no_encoding_bars(tmp_path, capsys):
     assert [r.label for r in reports] == ["fp32", "PTQ", "distilled"]
     assert reports[1].fidelity and reports[2].fidelity
     assert "Batches" not in err and "encoding" not in err
-    assert "evaluating" in err and "5/5" in err  # 3 models x 1 task + 2 fidelity measures
+    # one bar over 3 models x 1 task + 2 fidelity measures (its first frame is always drawn; later frames depend
+    # on tqdm's refresh interval, so only the total is checked)
+    assert "evaluating" in err and "0/5" in err
     assert {segment.split(":")[0].strip() for segment in err.replace("\n", "\r").split("\r") if segment.strip()} \
         == {"evaluating"}
