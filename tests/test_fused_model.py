@@ -186,3 +186,29 @@ def test_concurrent_callers(bert):
         t.join()
     assert not errors and len(results) == 15
     assert all(torch.equal(r, expected) for r in results)
+
+
+def test_whole_model_forward_with_int8_embedding_tables(tmp_path):
+    """`ternary-hf quantize` stores int8 tables by default: the whole-model forward must still apply, exactly."""
+    from transformers import AutoModel, BertModel
+
+    from conftest import tiny_bert_config
+    from ternary_hf import TernaryConfig
+    from ternary_hf.kernels import fused_model, native, use_backend
+
+    if native.native_lib() is None:
+        pytest.skip("native kernels unavailable")
+    torch.manual_seed(0)
+    BertModel(tiny_bert_config(hidden_size=64, num_attention_heads=4, intermediate_size=96)).eval().save_pretrained(tmp_path)
+    model = AutoModel.from_pretrained(tmp_path, quantization_config=TernaryConfig(embedding_dtype="int8")).eval()
+    assert type(model.embeddings.position_embeddings).__name__ != "Embedding"
+    ids = torch.randint(5, 120, (3, 17), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    with torch.no_grad():
+        fast = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert fused_model.fused_model_count(model) > 0
+        with use_backend("reference"):
+            ref = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    cos = torch.nn.functional.cosine_similarity(fast[mask.bool()], ref[mask.bool()], dim=-1)
+    assert cos.min() > 0.999

@@ -111,7 +111,10 @@ class _ModelPlan:
         self._linears = tuple(m for p in plans for m in p.linears) + ((self.pooler.dense,) if native_pooler else ())
         self._numerics = tuple(n for p in plans for n in p.numerics) + (
             (_NUMERICS(self.pooler.dense),) if native_pooler else ())
-        words, p, t, norm = emb.word_embeddings, emb.position_embeddings.weight, emb.token_type_embeddings.weight, emb.LayerNorm
+        # Quantized position / token-type tables (int8 by default) are tiny: the kernels read a float copy of them.
+        p, t = _float_table(emb.position_embeddings), _float_table(emb.token_type_embeddings)
+        self._small_tables = (p, t)
+        words, norm = emb.word_embeddings, emb.LayerNorm
         table = type(words) is nn.Embedding and _float32_cpu(words.weight)
         self._tables = native.TqEmbeddings(
             words.weight.data_ptr() if table else None, p.data_ptr(), t.data_ptr(), norm.weight.data_ptr(),
@@ -158,6 +161,16 @@ def _pooler_is_native(pooler: nn.Module | None) -> bool:
             and isinstance(pooler.activation, nn.Tanh))
 
 
+def _float_table(table: nn.Module | None) -> torch.Tensor | None:
+    """The float32 weight of an `nn.Embedding`, or of a quantized table (anything with `dequantized_weight`, e.g.
+    `QuantizedEmbedding`: dequantizing the whole table gives exactly the rows its lookups return); else None."""
+    if type(table) is nn.Embedding:
+        return table.weight
+    if table is not None and callable(getattr(table, "dequantized_weight", None)):
+        return table.dequantized_weight(torch.float32).contiguous()
+    return None
+
+
 def _model_plan(model: nn.Module) -> _ModelPlan | None:
     if type(model).__name__ not in MODEL_CLASSES or getattr(model.config, "is_decoder", False):
         return None
@@ -167,7 +180,7 @@ def _model_plan(model: nn.Module) -> _ModelPlan | None:
     if getattr(model.config, "position_embedding_type", "absolute") != "absolute":
         return None
     for name in ("position_embeddings", "token_type_embeddings"):
-        if type(getattr(emb, name, None)) is not nn.Embedding:
+        if _float_table(getattr(emb, name, None)) is None:
             return None
     if not isinstance(getattr(emb, "LayerNorm", None), nn.LayerNorm) or emb.LayerNorm.weight is None:
         return None
