@@ -342,12 +342,7 @@ def _additive_mask(mask: torch.Tensor | None, batch: int, length: int) -> tuple[
         mask = mask.expand(batch, length, length)
     except RuntimeError:
         return False, None
-    if mask.dtype == torch.bool:
-        mask = torch.where(mask, 0.0, float("-inf"))
-    elif mask.dtype != torch.float32:
-        mask = mask.float()
-    if mask.stride(-1) != 1:
-        mask = mask.contiguous()
+    mask = native.kernel_mask(mask)
     return True, mask
 
 

@@ -210,12 +210,7 @@ def _score_mask(mask: torch.Tensor | None, batch: int, length: int) -> tuple[boo
         m = m.expand(batch, m.shape[1], length, length)
     except RuntimeError:
         return False, None
-    if m.dtype == torch.bool:
-        m = torch.where(m, 0.0, float("-inf"))
-    elif m.dtype != torch.float32:
-        m = m.float()
-    if m.stride(-1) != 1:
-        m = m.contiguous()
+    m = native.kernel_mask(m)
     # held only while transformers' mask lives (one forward), never past it: it can be large
     _MASK_CACHE["last"] = (key, weakref.ref(mask), m)
     weakref.finalize(mask, _MASK_CACHE.pop, "last", None)

@@ -415,3 +415,13 @@ def encoder_layer(layer: TqLayer, x: torch.Tensor, batch: int, length: int, mask
     lib.tq_encoder_layer(ref, x.data_ptr(), batch, length, mask.data_ptr() if mask is not None else None, mb, mq,
                          y.data_ptr(), buf.data_ptr(), threads)
     return y
+
+
+def kernel_mask(mask: torch.Tensor) -> torch.Tensor:
+    """An attention mask in the form `tq_attention` reads: additive float32 (a bool mask's False -> -inf), contiguous
+    along its last dimension."""
+    if mask.dtype == torch.bool:
+        mask = torch.where(mask, 0.0, float("-inf"))
+    elif mask.dtype != torch.float32:
+        mask = mask.float()
+    return mask if mask.stride(-1) == 1 else mask.contiguous()
